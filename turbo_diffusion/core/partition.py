@@ -1,0 +1,152 @@
+"""Bipartite partition of a token grid: one destination per window, every other token a source.
+
+Plain torch, no diffusers. A grid of ``height x width`` tokens (row-major, as a UNet flattens its feature map) is
+cut into ``sy x sx`` windows. Each full window contributes one destination, chosen by an offset inside the
+window; all its other tokens are sources. Tokens outside the full windows (the last rows/columns when the
+stride does not divide the grid) are always sources and are attached to the nearest full window.
+
+Everything that depends only on the shape (window positions, the table of "other offsets", neighbourhoods) is
+computed once per shape and device by :func:`window_grid`; the per-call work in :func:`partition_tokens` is two
+small gathers.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class WindowGrid:
+    """Static layout of a token grid cut into windows. Build it with :func:`window_grid`.
+
+    Attributes:
+        height, width: token grid size.
+        sx, sy: window size actually used (the requested stride, capped by the grid size).
+        window_base: ``(Nw,)`` position of each window's top-left token, windows in row-major order.
+        offset_pos: ``(k,)`` position offset of in-window offset ``o`` (row ``o // sx``, column ``o % sx``).
+        others: ``(k, k - 1)`` for each offset, the other offsets of the window (its sources).
+        leftover: ``(L,)`` positions outside every full window (always sources).
+        leftover_window: ``(L,)`` home window of each leftover token (the nearest full window).
+        neighbours: ``(Nw, K)`` windows within ``radius`` windows of each window (clamped at the border), or
+            ``None`` when every window already sees every destination (global matching).
+    """
+
+    height: int
+    width: int
+    sx: int
+    sy: int
+    window_base: torch.Tensor
+    offset_pos: torch.Tensor
+    others: torch.Tensor
+    leftover: torch.Tensor
+    leftover_window: torch.Tensor
+    neighbours: torch.Tensor | None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.height * self.width
+
+    @property
+    def num_windows(self) -> int:
+        return self.window_base.shape[0]
+
+    @property
+    def window_size(self) -> int:
+        return self.sx * self.sy
+
+    @property
+    def num_sources(self) -> int:
+        return self.num_tokens - self.num_windows
+
+
+@functools.lru_cache(maxsize=128)
+def window_grid(
+    height: int, width: int, sx: int = 2, sy: int = 2, radius: int | None = 1, device: str = "cpu"
+) -> WindowGrid:
+    """Build (and cache) the window layout of a ``height x width`` token grid.
+
+    Args:
+        height, width: grid size in tokens, at least 1 each.
+        sx, sy: window width and height; capped at the grid size so that tiny grids still have one window.
+        radius: matching neighbourhood in windows: a source is compared with the destinations of the
+            ``(2 * radius + 1) ** 2`` windows around its own. ``None`` compares with all destinations.
+        device: where the index tensors live (a string so the cache key is hashable).
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"token grid must be at least 1x1, got {height}x{width}")
+    sx, sy = min(sx, width), min(sy, height)
+    rows, cols = height // sy, width // sx
+    dev = torch.device(device)
+
+    win_r = torch.arange(rows, device=dev).repeat_interleave(cols)
+    win_c = torch.arange(cols, device=dev).repeat(rows)
+    window_base = win_r * sy * width + win_c * sx
+
+    k = sx * sy
+    offsets = torch.arange(k, device=dev)
+    offset_pos = (offsets // sx) * width + offsets % sx
+    # others[o] lists the k - 1 offsets that are not o, in increasing order.
+    others = offsets.repeat(k, 1)[~torch.eye(k, dtype=torch.bool, device=dev)].view(k, k - 1)
+
+    r_all = torch.arange(height, device=dev).repeat_interleave(width)
+    c_all = torch.arange(width, device=dev).repeat(height)
+    outside = (r_all >= rows * sy) | (c_all >= cols * sx)
+    leftover = torch.nonzero(outside).flatten()
+    leftover_window = (r_all[leftover] // sy).clamp(max=rows - 1) * cols + (c_all[leftover] // sx).clamp(max=cols - 1)
+
+    neighbours = None
+    if radius is not None and (rows > radius + 1 or cols > radius + 1):
+        d = torch.arange(-radius, radius + 1, device=dev)
+        nr = (win_r[:, None, None] + d[None, :, None]).clamp(0, rows - 1)
+        nc = (win_c[:, None, None] + d[None, None, :]).clamp(0, cols - 1)
+        neighbours = (nr * cols + nc).flatten(1)
+
+    return WindowGrid(height, width, sx, sy, window_base, offset_pos, others, leftover, leftover_window, neighbours)
+
+
+@dataclass(frozen=True, eq=False)
+class Partition:
+    """Destinations and sources of one bipartite split, shared by every element of the batch.
+
+    Attributes:
+        grid: the layout the split was drawn on.
+        dst: ``(Nw,)`` positions of the destinations, one per window, in window order (slot ``i`` is window ``i``).
+        src: ``(Ns,)`` positions of the sources: first the ``k - 1`` sources of each full window, window by window,
+            then the leftover tokens. That grouping is what makes neighbourhood matching a batched matmul.
+    """
+
+    grid: WindowGrid
+    dst: torch.Tensor
+    src: torch.Tensor
+
+    @property
+    def num_grouped(self) -> int:
+        """Number of sources that sit inside full windows (the first ``Nw * (k - 1)`` of ``src``)."""
+        return self.grid.num_windows * (self.grid.window_size - 1)
+
+
+def random_offsets(grid: WindowGrid, generator: torch.Generator) -> torch.Tensor:
+    """Draw one destination offset per window, uniformly in ``[0, sx * sy)``; ``(Nw,)`` on the grid's device."""
+    offsets = torch.randint(grid.window_size, (grid.num_windows,), generator=generator, device=generator.device)
+    return offsets.to(grid.window_base.device)
+
+
+def partition_tokens(grid: WindowGrid, offsets: torch.Tensor | None = None) -> Partition:
+    """Split the grid into destinations and sources.
+
+    Args:
+        grid: from :func:`window_grid`.
+        offsets: ``(Nw,)`` in-window offset of each destination (see :func:`random_offsets`); ``None`` takes the
+            top-left token of every window, as tomesd does with ``use_rand=False``.
+    """
+    if offsets is None:
+        dst = grid.window_base
+        src_offsets = grid.others[0].expand(grid.num_windows, -1)
+    else:
+        dst = grid.window_base + grid.offset_pos[offsets]
+        src_offsets = grid.others[offsets]
+    grouped = grid.window_base[:, None] + grid.offset_pos[src_offsets]
+    return Partition(grid, dst, torch.cat([grouped.flatten(), grid.leftover]))

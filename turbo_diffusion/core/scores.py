@@ -1,0 +1,134 @@
+"""Scores that decide which tokens merge: mutual redundancy R, semantic value S, information degree E.
+
+Plain torch, no diffusers. Shapes: ``B`` batch, ``N`` tokens, ``C`` channels, ``H`` heads, ``d`` head size,
+``L`` text tokens, ``Ns`` sources of a :class:`~turbo_diffusion.core.partition.Partition`.
+
+    R_i = max_{j in candidates(i)} cos(x_i, x_j)       i a source, j a destination
+    S_i = mean_h softmax_i(scale * qbar_h . k_h,i) / max_j (same)        ("attention")
+    S_i = mean_h sum_{l content} softmax_l(scale * q_h,i . k_h,l) / max_j (same)     ("text")
+    E_i = R_i - alpha * S_i
+
+Both semantic values are divided by their maximum over the tokens of each sample, so ``S`` lies in ``[0, 1]``
+with 1 for the most attended token whatever the resolution or batch: one ``alpha`` means the same everywhere,
+in units of cosine similarity. A uniform ``S`` (random weights, all-zero input) is all ones and leaves the
+ToMe ranking unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .partition import Partition
+
+_EPS = 1e-6
+
+
+def mutual_redundancy(metric: torch.Tensor, partition: Partition) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each source's highest cosine similarity to a destination, and which destination that is.
+
+    Args:
+        metric: ``(B, N, C)`` token features used for similarity (the layer's normalised hidden states).
+        partition: the bipartite split; its grid's ``neighbours`` restricts the candidates to nearby windows
+            (about ``9 * C`` work per token for radius 1) or, when ``None``, allows every destination
+            (``Ns * Nw * C`` work, exactly ToMe's matching).
+
+    Returns:
+        ``redundancy`` ``(B, Ns)`` in ``[-1, 1]`` and ``match`` ``(B, Ns)``, the destination slot (window index)
+        each source would merge into. All-zero tokens have similarity 0, never NaN.
+    """
+    x = F.normalize(metric, dim=-1, eps=_EPS)
+    b = x.index_select(1, partition.dst)
+    neighbours = partition.grid.neighbours
+    if neighbours is None:
+        a = x.index_select(1, partition.src)
+        return (a @ b.transpose(-1, -2)).max(dim=-1)
+
+    batch, channels = x.shape[0], x.shape[-1]
+    nw, k = partition.grid.num_windows, partition.grid.window_size
+    g = partition.num_grouped
+    parts_r, parts_m = [], []
+    if g:
+        # Sources grouped by window: (B, Nw, k-1, C) against their windows' neighbour destinations (B, Nw, K, C).
+        a = x.index_select(1, partition.src[:g]).view(batch, nw, k - 1, channels)
+        cand = b.index_select(1, neighbours.flatten()).view(batch, nw, -1, channels)
+        red, arg = (a @ cand.transpose(-1, -2)).max(dim=-1)
+        match = neighbours.expand(batch, -1, -1).gather(2, arg)
+        parts_r.append(red.flatten(1))
+        parts_m.append(match.flatten(1))
+    if partition.src.shape[0] > g:
+        left = x.index_select(1, partition.src[g:])
+        cand_windows = neighbours[partition.grid.leftover_window]
+        cand = b.index_select(1, cand_windows.flatten()).view(batch, left.shape[1], -1, channels)
+        red, arg = (cand @ left.unsqueeze(-1)).squeeze(-1).max(dim=-1)
+        parts_r.append(red)
+        parts_m.append(cand_windows.expand(batch, -1, -1).gather(2, arg.unsqueeze(-1)).squeeze(-1))
+    return torch.cat(parts_r, dim=1), torch.cat(parts_m, dim=1)
+
+
+def normalize_semantic(values: torch.Tensor) -> torch.Tensor:
+    """Divide ``(B, N)`` non-negative values by their per-sample maximum, giving ``[0, 1]`` (all zeros stay 0)."""
+    return values / values.amax(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def global_query_attention(
+    tokens: torch.Tensor,
+    query_mean: torch.Tensor,
+    scale: float,
+    key_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Semantic value ``"attention"``: how much attention each token receives from the layer's mean query.
+
+    SD has no [CLS] token, so the mean of the layer's queries stands in for a global query. With
+    ``q_h = mean_i q_h,i`` per head, ``S_j = mean_h softmax_j(scale * q_h . k_h,j)``, normalised by its maximum.
+    Costs ``O(N * H * C)``: the N x N attention map is never formed.
+
+    Args:
+        tokens: ``(B, N, C)`` layer input, or ``(B, N, H * d)`` keys when ``key_weight`` is ``None``.
+        query_mean: ``(B, H, d)`` the mean query per head (``to_q`` applied to the mean token, by linearity).
+        scale: the attention scale, usually ``d ** -0.5``.
+        key_weight: ``(H * d, C)`` the key projection. Given it, ``q_h . W_k,h x_j = (W_k,h^T q_h) . x_j``, so the
+            keys are never computed (a key bias adds the same constant to every logit and drops out of softmax).
+
+    Returns:
+        ``(B, N)`` in ``[0, 1]``.
+    """
+    batch, heads, head_dim = query_mean.shape
+    if key_weight is not None:
+        folded = torch.einsum("bhd,hdc->bhc", query_mean, key_weight.view(heads, head_dim, -1).to(query_mean.dtype))
+        logits = torch.einsum("bnc,bhc->bhn", tokens, folded)
+    else:
+        keys = tokens.view(batch, tokens.shape[1], heads, head_dim)
+        logits = torch.einsum("bnhd,bhd->bhn", keys, query_mean)
+    received = torch.softmax(logits.float() * scale, dim=-1).mean(dim=1)
+    return normalize_semantic(received).to(tokens.dtype)
+
+
+def text_attention_mass(probs: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Semantic value ``"text"``: each image token's cross-attention mass on the prompt's content tokens.
+
+    Args:
+        probs: ``(B, H, N, L)`` cross-attention probabilities (rows sum to 1).
+        content: ``(B, L)`` or ``(L,)`` bool, True for content tokens (not start, end or padding).
+
+    Returns:
+        ``(B, N)`` in ``[0, 1]``, normalised by its per-sample maximum.
+    """
+    mass = (probs * content.to(probs.dtype).view(-1, 1, 1, probs.shape[-1])).sum(dim=-1).mean(dim=1)
+    return normalize_semantic(mass)
+
+
+def information_degree(
+    redundancy: torch.Tensor, semantic: torch.Tensor | None = None, alpha: float = 0.0
+) -> torch.Tensor:
+    """``E = R - alpha * S`` for the sources: high E means redundant and unimportant, merged first.
+
+    Args:
+        redundancy: ``(B, Ns)`` from :func:`mutual_redundancy`.
+        semantic: ``(B, Ns)`` the sources' semantic values in ``[0, 1]``, or ``None`` (plain ToMe).
+        alpha: weight of semantics. 0 is ToMe; larger values protect attended tokens at the cost of merging
+            less similar ones.
+    """
+    if semantic is None or alpha == 0:
+        return redundancy
+    return redundancy - alpha * semantic.to(redundancy.dtype)
