@@ -1,0 +1,130 @@
+"""`TurboConfig`: every knob of Turbo in one validated, immutable dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+SEMANTICS = ("attention", "text", "none")
+BACKENDS = ("auto", "sdpa", "xformers")
+DOWNSAMPLES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class TurboConfig:
+    """Configuration of Turbo token merging. Every field is checked on construction (``ValueError``).
+
+    Attributes:
+        ratio (`float`, defaults to 0.5): share of a layer's tokens removed by merging, ``floor(ratio * N)``,
+            in ``[0, 1)``; capped by the number of sources (``1 - 1 / (sx * sy)`` of the tokens). Higher is faster
+            and further from the unaccelerated image. 0 disables merging (bit-for-bit pass-through).
+        alpha (`float`, defaults to 1.0): weight of semantic value in the information degree
+            ``E = R - alpha * S`` (``S`` in ``[0, 1]``, so alpha is in units of cosine similarity). 0 is plain ToMe;
+            higher protects attended tokens at the price of merging less similar ones. Must be >= 0.
+        semantic (`str`, defaults to ``"attention"``): how ``S`` is measured. ``"attention"``: attention each token
+            receives from the layer's mean query (cheap, no N x N map). ``"text"``: each token's cross-attention
+            mass on the prompt's content tokens at the previous step (``"attention"`` on the first step).
+            ``"none"``: no semantics, alpha ignored; the ToMe ablation.
+        max_downsample (`int`, *optional*): merge in attention levels whose latent downsampling is at most this
+            (1, 2, 4 or 8). ``None`` merges only the highest-resolution level that has attention (1 on SD 1.x/2.x,
+            2 on SDXL). Larger values merge more layers: faster, lossier.
+        sx, sy (`int`, default 2): window width and height of the bipartite split; one destination per window.
+            Larger windows allow higher ratios but merge across longer distances. At least 1; ``sx * sy >= 2``.
+        use_rand (`bool`, defaults to True): pick each window's destination at random (seeded) instead of the
+            top-left token. Random choice avoids grid artefacts.
+        seed (`int`, defaults to 0): seed of those draws. With ``apply_turbo`` the generator is re-seeded from
+            (seed, timestep) at every UNet call, so a generation is reproducible whatever ran before.
+        match_radius (`int`, *optional*, defaults to 1): compare each source only with the destinations of the
+            ``(2 * radius + 1) ** 2`` windows around it. ``None`` compares with every destination (ToMe's global
+            matching): the paper's exact redundancy, but its cost grows with N^2 and eats much of the speed-up.
+        merge_attn (`bool`, defaults to True): merge around self-attention (where the time goes).
+        merge_crossattn (`bool`, defaults to False): also merge around cross-attention (more speed, more change).
+        merge_mlp (`bool`, defaults to False): also merge around the feed-forward (most speed, most change).
+        backend (`str`, defaults to ``"auto"``): attention kernel: ``"sdpa"`` (torch), ``"xformers"``
+            (memory-efficient attention, CUDA only) or ``"auto"`` (xformers when installed and on CUDA, else SDPA).
+    """
+
+    ratio: float = 0.5
+    alpha: float = 1.0
+    semantic: str = "attention"
+    max_downsample: int | None = None
+    sx: int = 2
+    sy: int = 2
+    use_rand: bool = True
+    seed: int = 0
+    match_radius: int | None = 1
+    merge_attn: bool = True
+    merge_crossattn: bool = False
+    merge_mlp: bool = False
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_number("ratio", self.ratio, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        _check_number("alpha", self.alpha, "a finite number >= 0", lambda v: v >= 0 and math.isfinite(v))
+        _check_choice("semantic", self.semantic, SEMANTICS)
+        _check_choice("backend", self.backend, BACKENDS)
+        if self.max_downsample is not None:
+            _check_choice("max_downsample", self.max_downsample, DOWNSAMPLES + (None,))
+        for name in ("sx", "sy"):
+            _check_int(name, getattr(self, name), "an integer >= 1", lambda v: v >= 1)
+        if self.sx * self.sy < 2:
+            raise ValueError(f"sx * sy must be at least 2 (a window needs a source besides its destination), "
+                             f"got sx={self.sx}, sy={self.sy}")
+        _check_int("seed", self.seed, "an integer", lambda v: True)
+        if self.match_radius is not None:
+            _check_int("match_radius", self.match_radius, "None or an integer >= 0", lambda v: v >= 0)
+        for name in ("use_rand", "merge_attn", "merge_crossattn", "merge_mlp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not (self.merge_attn or self.merge_crossattn or self.merge_mlp):
+            raise ValueError("merge_attn, merge_crossattn and merge_mlp are all False: nothing would be merged; "
+                             "enable at least one (merge_attn=True is the default)")
+
+    def replace(self, **fields: Any) -> TurboConfig:
+        """A copy with some fields changed (validated again)."""
+        _check_field_names(fields)
+        return dataclasses.replace(self, **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TurboConfig:
+        _check_field_names(data)
+        return cls(**data)
+
+
+def resolve_config(config: TurboConfig | dict[str, Any] | None = None, **fields: Any) -> TurboConfig:
+    """Turn ``config`` (a `TurboConfig`, a dict of fields or ``None`` for the defaults) plus keyword ``fields``
+    (which override it) into a `TurboConfig`."""
+    if config is None:
+        config = TurboConfig()
+    elif isinstance(config, dict):
+        config = TurboConfig.from_dict(config)
+    elif not isinstance(config, TurboConfig):
+        raise TypeError(f"config must be a TurboConfig, a dict or None, got {type(config).__name__}")
+    return config.replace(**fields) if fields else config
+
+
+def _check_field_names(fields: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(TurboConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(f"unknown TurboConfig field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+
+
+def _check_number(name: str, value: Any, allowed: str, ok) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not ok(value):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, allowed: str, ok) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
