@@ -95,12 +95,14 @@ def global_query_attention(
     """
     batch, heads, head_dim = query_mean.shape
     if key_weight is not None:
-        folded = torch.einsum("bhd,hdc->bhc", query_mean, key_weight.view(heads, head_dim, -1).to(query_mean.dtype))
-        logits = torch.einsum("bnc,bhc->bhn", tokens, folded)
+        # (B, H, 1, d) @ (H, d, C) -> (B, H, C): the mean query folded into the key projection.
+        folded = (query_mean.unsqueeze(2) @ key_weight.view(heads, head_dim, -1).to(query_mean.dtype)).squeeze(2)
     else:
-        keys = tokens.view(batch, tokens.shape[1], heads, head_dim)
-        logits = torch.einsum("bnhd,bhd->bhn", keys, query_mean)
-    received = torch.softmax(logits.float() * scale, dim=-1).mean(dim=1)
+        # Block-diagonal fold of the explicit keys: logits_h = keys[..., h] . qbar_h.
+        eye = torch.eye(heads, dtype=query_mean.dtype, device=query_mean.device)
+        folded = (eye[None, :, :, None] * query_mean[:, None, :, :]).flatten(2)  # (B, H, H * d)
+    logits = tokens @ folded.transpose(1, 2)  # (B, N, H)
+    received = torch.softmax(logits.float() * scale, dim=1).mean(dim=-1)
     return normalize_semantic(received).to(tokens.dtype)
 
 
