@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, XFormersAttnProcessor
+from torch.profiler import record_function
 
 from .config import TurboConfig, resolve_config
 from .context import Level, TurboContext
@@ -29,6 +30,12 @@ from .core import (
     window_grid,
 )
 from .kernels import attention, attention_with_text_mass, resolve_backend, xformers_available
+
+# torch.profiler labels of the merged self-attention path (`turbo-diffusion bench` splits a step's time by them).
+PROFILE_PLAN = "turbo::plan"
+PROFILE_MERGE = "turbo::merge"
+PROFILE_ATTENTION = "turbo::attention"
+PROFILE_RESTORE = "turbo::restore"
 
 
 class TurboProcessor:
@@ -86,15 +93,20 @@ class TurboProcessor:
     # -- the two merged paths (None means: not merged here, pass through) ------------------------------------
     def _self_attention(self, attn: Attention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
         level = self.context.locate(attn, x.shape[1])
-        plan = self._plan(attn, x, level) if level is not None else None
+        with record_function(PROFILE_PLAN):
+            plan = self._plan(attn, x, level) if level is not None else None
         self.context.begin_block(attn, plan)
         if plan is None or not self.config.merge_attn:
             return None
         if mask is not None:
             self.context.warn_once("mask", "self-attention with an attention mask is not merged")
             return None
-        out = self._attend(attn, plan.merge(x))
-        return self._finish(attn, plan.restore(out), x)
+        with record_function(PROFILE_MERGE):
+            merged = plan.merge(x)
+        with record_function(PROFILE_ATTENTION):
+            out = self._attend(attn, merged)
+        with record_function(PROFILE_RESTORE):
+            return self._finish(attn, plan.restore(out), x)
 
     def _cross_attention(
         self, attn: Attention, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None
