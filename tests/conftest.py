@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-from diffusers import UNet2DConditionModel
+import os
+
+# Everything is built offline; never let a test wait on the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from diffusers import UNet2DConditionModel  # noqa: E402
 
 TEXT_DIM = 32
 

@@ -1,0 +1,210 @@
+"""Turbo pipelines and apply_turbo on diffusers pipelines, all built from tiny components (no downloads)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    ControlNetModel,
+    DiffusionPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+import turbo_diffusion.processor as processor_module
+from turbo_diffusion import (
+    TurboConfig,
+    TurboProcessor,
+    TurboStableDiffusionImg2ImgPipeline,
+    TurboStableDiffusionPipeline,
+    TurboStableDiffusionXLPipeline,
+    apply_turbo,
+    remove_turbo,
+)
+from turbo_diffusion.hooks import _UNET_HOOK
+from turbo_diffusion.models import _accepted, tiny_components
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = dict(height=64, width=96)  # non-square: an 8 x 12 latent
+
+
+def build(cls, xl=False, **kwargs):
+    pipe = cls(**_accepted(cls, tiny_components(xl=xl)), **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image_input():
+    return torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+
+
+def generate(pipe, **kwargs):
+    if isinstance(pipe, StableDiffusionImg2ImgPipeline | StableDiffusionInpaintPipeline):
+        kwargs.setdefault("image", image_input())
+        kwargs.setdefault("strength", 0.8)
+    if isinstance(pipe, StableDiffusionInpaintPipeline):
+        mask = torch.zeros(1, 1, 64, 96)
+        mask[..., 16:48, 24:72] = 1
+        kwargs.setdefault("mask_image", mask)
+    if not isinstance(pipe, StableDiffusionImg2ImgPipeline):
+        kwargs = SIZE | kwargs
+    return pipe("a red cat", num_inference_steps=2, generator=torch.manual_seed(0), output_type="np", **kwargs).images
+
+
+CASES = [
+    (TurboStableDiffusionPipeline, StableDiffusionPipeline, False),
+    (TurboStableDiffusionImg2ImgPipeline, StableDiffusionImg2ImgPipeline, False),
+    (TurboStableDiffusionXLPipeline, StableDiffusionXLPipeline, True),
+]
+
+
+@pytest.mark.parametrize(("turbo_cls", "base_cls", "xl"), CASES)
+def test_turbo_pipeline_merges_and_disable_turbo_restores_the_baseline(turbo_cls, base_cls, xl):
+    baseline = generate(build(base_cls, xl))
+    pipe = build(turbo_cls, xl)
+    assert isinstance(pipe, base_cls) and pipe.turbo_config == TurboConfig()
+    merged = generate(pipe)
+    assert merged.shape == baseline.shape and np.isfinite(merged).all()
+    assert np.abs(merged - baseline).max() > 1e-4
+    pipe.disable_turbo()
+    assert pipe.turbo_config is None
+    np.testing.assert_array_equal(generate(pipe), baseline)
+
+
+def test_turbo_argument_forms():
+    assert build(TurboStableDiffusionPipeline, turbo={"ratio": 0.3}).turbo_config.ratio == 0.3
+    assert build(TurboStableDiffusionPipeline, turbo=TurboConfig(alpha=2.0)).turbo_config.alpha == 2.0
+    assert build(TurboStableDiffusionPipeline, turbo=False).turbo_config is None
+    with pytest.raises(ValueError, match="ratio"):
+        build(TurboStableDiffusionPipeline, turbo={"ratio": 1.5})
+
+
+def test_enable_turbo_fields_override_the_current_config():
+    pipe = build(TurboStableDiffusionPipeline, turbo={"ratio": 0.3, "alpha": 2.0})
+    pipe.enable_turbo(ratio=0.6)
+    assert (pipe.turbo_config.ratio, pipe.turbo_config.alpha) == (0.6, 2.0)
+    pipe.disable_turbo()
+    pipe.enable_turbo(seed=4)
+    assert pipe.turbo_config == TurboConfig(seed=4)
+
+
+def test_set_attn_processor_on_the_pipeline():
+    pipe = build(TurboStableDiffusionPipeline, turbo=False)
+    baseline = generate(pipe)
+    pipe.set_attn_processor(TurboProcessor(ratio=0.3))
+    assert pipe.turbo_config.ratio == 0.3
+    assert not np.array_equal(generate(pipe), baseline)
+    pipe.set_attn_processor(AttnProcessor2_0())
+    assert pipe.turbo_config is None
+    np.testing.assert_array_equal(generate(pipe), baseline)
+
+
+def test_xformers_switch_fails_like_diffusers_and_keeps_turbo_where_xformers_cannot_run():
+    pipe = build(TurboStableDiffusionPipeline, turbo={"ratio": 0.4})
+    before = generate(pipe)
+    with pytest.raises((ModuleNotFoundError, ValueError)):
+        pipe.enable_xformers_memory_efficient_attention()
+    assert pipe.turbo_config == TurboConfig(ratio=0.4)
+    np.testing.assert_array_equal(generate(pipe), before)
+
+
+def test_xformers_switch_moves_turbo_to_the_xformers_backend(monkeypatch):
+    pipe = build(TurboStableDiffusionPipeline, turbo={"ratio": 0.4})
+    calls = []
+
+    def fake_switch(valid, attention_op=None):  # stands in for diffusers' switch where xformers runs (CUDA)
+        calls.append(valid)
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+
+    monkeypatch.setattr(pipe, "set_use_memory_efficient_attention_xformers", fake_switch)
+    monkeypatch.setattr(processor_module, "xformers_available", lambda: True)
+    pipe.enable_xformers_memory_efficient_attention()
+    assert calls == [True] and pipe.turbo_config == TurboConfig(ratio=0.4, backend="xformers")
+    assert any(isinstance(p, TurboProcessor) for p in pipe.unet.attn_processors.values())
+    pipe.disable_xformers_memory_efficient_attention()
+    assert calls == [True, False] and pipe.turbo_config.backend == "auto"
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    pipe = build(TurboStableDiffusionPipeline, turbo={"ratio": 0.35, "semantic": "none"})
+    images = generate(pipe)
+    pipe.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "turbo_config.json").read_text())
+    assert saved["ratio"] == 0.35 and saved["semantic"] == "none"
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+
+    reloaded = TurboStableDiffusionPipeline.from_pretrained(tmp_path)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.turbo_config == TurboConfig(ratio=0.35, semantic="none")
+    np.testing.assert_allclose(generate(reloaded), images, atol=1e-6)
+    assert TurboStableDiffusionPipeline.from_pretrained(tmp_path, turbo={"ratio": 0.2}).turbo_config.ratio == 0.2
+
+    plain = StableDiffusionPipeline.from_pretrained(tmp_path)
+    assert type(plain) is StableDiffusionPipeline
+    auto = DiffusionPipeline.from_pretrained(tmp_path)
+    assert type(auto) is StableDiffusionPipeline
+
+
+def test_save_without_turbo_writes_no_turbo_config(tmp_path):
+    build(TurboStableDiffusionPipeline, turbo=False).save_pretrained(tmp_path)
+    assert not (tmp_path / "turbo_config.json").exists()
+
+
+@pytest.mark.parametrize(("file", "base_cls", "xl", "turbo_name"), [
+    ("turbo_stable_diffusion.py", StableDiffusionPipeline, False, "TurboStableDiffusionPipeline"),
+    ("turbo_stable_diffusion_img2img.py", StableDiffusionImg2ImgPipeline, False, "TurboStableDiffusionImg2ImgPipeline"),
+    ("turbo_stable_diffusion_xl.py", StableDiffusionXLPipeline, True, "TurboStableDiffusionXLPipeline"),
+])
+def test_custom_pipeline_file_loads_a_turbo_pipeline(tmp_path, file, base_cls, xl, turbo_name):
+    build(base_cls, xl).save_pretrained(tmp_path)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(REPO / "pipelines" / file),
+                                             trust_remote_code=True, turbo={"ratio": 0.4})
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe).__name__ == turbo_name and pipe.turbo_config.ratio == 0.4
+    assert np.isfinite(generate(pipe)).all()
+
+
+def test_from_pipe_reuses_components_and_installs_turbo():
+    plain = build(StableDiffusionPipeline)
+    turbo = TurboStableDiffusionPipeline.from_pipe(plain, turbo={"ratio": 0.45})
+    assert turbo.unet is plain.unet and turbo.turbo_config.ratio == 0.45
+
+
+def _controlnet_pipe():
+    components = tiny_components()
+    controlnet = ControlNetModel.from_unet(components["unet"], conditioning_channels=3)
+    pipe = StableDiffusionControlNetPipeline(**_accepted(StableDiffusionControlNetPipeline, components),
+                                             controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("make", [_controlnet_pipe, lambda: build(StableDiffusionInpaintPipeline)],
+                         ids=["controlnet", "inpaint"])
+def test_apply_turbo_on_controlnet_and_inpainting_pipelines(make):
+    pipe = make()
+    extra = {"image": image_input()} if isinstance(pipe, StableDiffusionControlNetPipeline) else {}
+    baseline = generate(pipe, **extra)
+    apply_turbo(pipe)
+    merged = generate(pipe, **extra)
+    assert np.isfinite(merged).all() and np.abs(merged - baseline).max() > 1e-4
+    remove_turbo(pipe)
+    np.testing.assert_array_equal(generate(pipe, **extra), baseline)
+
+
+def test_text_semantic_learns_the_prompts_content_tokens_from_the_pipeline():
+    pipe = build(StableDiffusionPipeline)
+    apply_turbo(pipe, semantic="text")
+    generate(pipe)
+    context = pipe.unet._diffusers_hook.get_hook(_UNET_HOOK).context
+    mask = context.token_mask
+    # classifier-free guidance: [negative "" (no content), "a red cat" (7 character tokens, one per letter/word end)]
+    assert mask.shape == (2, 77)
+    assert mask[0].sum() == 0
+    assert mask[1].sum() == 7 and mask[1, 1:8].all() and not mask[1, 0]

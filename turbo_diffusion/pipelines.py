@@ -1,0 +1,166 @@
+"""Turbo pipelines: diffusers' SD, SD img2img and SDXL pipelines with Turbo installed, same ``__call__``.
+
+    pipe = TurboStableDiffusionPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                                                        turbo={"ratio": 0.5})
+    image = pipe("a photo of a corgi").images[0]
+
+Each class subclasses the diffusers pipeline and adds one optional constructor argument, ``turbo`` (a
+`TurboConfig`, a dict of its fields, ``None`` for the default config, or ``False`` for none). Every way diffusers
+builds a pipeline (``from_pretrained``, ``from_pipe``, ``DiffusionPipeline.from_pretrained(...,
+custom_pipeline=...)``) goes through the constructor, so all of them install Turbo. ``save_pretrained`` writes
+``turbo_config.json`` beside ``model_index.json``, which keeps the plain diffusers class name, so the folder
+still loads with ``StableDiffusionPipeline`` or ``DiffusionPipeline``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import typing
+from typing import Any
+
+from diffusers import (
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
+
+from .config import TurboConfig, resolve_config
+from .hooks import apply_turbo, remove_turbo, turbo_config_of
+from .processor import TurboProcessor
+
+TURBO_CONFIG_NAME = "turbo_config.json"
+TurboArg = TurboConfig | dict[str, Any] | bool | None
+
+
+class TurboPipelineMixin:
+    """Turbo controls for a diffusers pipeline with a ``unet``. Mixed in before the diffusers class."""
+
+    _turbo_base: type  # the diffusers pipeline class, set by _turbo_pipeline
+
+    def _init_turbo(self, turbo: TurboArg) -> None:
+        if turbo is not False:
+            self.enable_turbo(resolve_config(None if turbo is True else turbo))
+
+    @property
+    def turbo_config(self) -> TurboConfig | None:
+        """The installed `TurboConfig`, or ``None`` when Turbo is off."""
+        return turbo_config_of(self.unet)
+
+    def enable_turbo(self, config: TurboConfig | dict[str, Any] | None = None, **fields: Any) -> None:
+        """Install Turbo, or change its settings: ``fields`` override ``config``, which defaults to the current
+        config (or the default one when Turbo is off)."""
+        base = config if config is not None else self.turbo_config
+        apply_turbo(self, resolve_config(base, **fields))
+
+    def disable_turbo(self) -> None:
+        """Back to the processors the UNet had before Turbo: the baseline, bit for bit."""
+        remove_turbo(self)
+
+    def set_attn_processor(self, processor: Any) -> None:
+        """Set the UNet's attention processor(s), as ``unet.set_attn_processor`` does.
+
+        A single `TurboProcessor` is installed the ``apply_turbo`` way (with the latent-size hook, so every
+        aspect ratio gets exact windows) using its config; anything else replaces Turbo.
+        """
+        if isinstance(processor, TurboProcessor):
+            self.enable_turbo(processor.config)
+            return
+        self.disable_turbo()
+        self.unet.set_attn_processor(processor)
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
+        """diffusers' xformers switch, keeping Turbo: its processors move to the xformers backend instead of being
+        replaced. Raises as diffusers does where xformers cannot run (then Turbo stays as it was)."""
+        self._switch_attention(True, attention_op)
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """Back to torch SDPA, keeping Turbo (its backend returns to ``"auto"``)."""
+        self._switch_attention(False, None)
+
+    def _switch_attention(self, xformers: bool, attention_op: Any) -> None:
+        config = self.turbo_config
+        if config is None:
+            self.set_use_memory_efficient_attention_xformers(xformers, attention_op)
+            return
+        self.disable_turbo()
+        try:
+            self.set_use_memory_efficient_attention_xformers(xformers, attention_op)
+        except BaseException:
+            self.enable_turbo(config)
+            raise
+        self.enable_turbo(config, backend="xformers" if xformers else "auto")
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained``, plus ``turbo_config.json`` when Turbo is on. ``model_index.json`` names the
+        plain diffusers class, so the folder loads without turbo-diffusion too."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        index["_class_name"] = self._turbo_base.__name__
+        with open(index_path, "w") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+        config_path = os.path.join(save_directory, TURBO_CONFIG_NAME)
+        if self.turbo_config is not None:
+            with open(config_path, "w") as f:
+                json.dump(self.turbo_config.to_dict(), f, indent=2)
+        elif os.path.exists(config_path):
+            os.remove(config_path)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, turbo: TurboArg = None,
+                        **kwargs: Any):
+        """diffusers' ``from_pretrained`` with Turbo installed. ``turbo=None`` takes the folder's
+        ``turbo_config.json`` when there is one, else the default config."""
+        if turbo is None:
+            turbo = _saved_turbo_config(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, turbo=turbo, **kwargs)
+
+
+def _saved_turbo_config(path: str | os.PathLike) -> TurboConfig | None:
+    config_path = os.path.join(os.fspath(path), TURBO_CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        return None
+    with open(config_path) as f:
+        return TurboConfig.from_dict(json.load(f))
+
+
+def _turbo_pipeline(base: type) -> type:
+    """``class Turbo<Base>(TurboPipelineMixin, Base)`` whose constructor takes ``Base``'s arguments plus ``turbo``.
+
+    diffusers reads a pipeline's components and optional settings from ``inspect.signature(cls.__init__)`` and
+    their types from its annotations, so the new constructor carries ``Base``'s exact signature and type hints
+    with ``turbo=None`` appended.
+    """
+
+    def __init__(self, *args: Any, turbo: TurboArg = None, **kwargs: Any) -> None:
+        base.__init__(self, *args, **kwargs)
+        self._init_turbo(turbo)
+
+    # diffusers reads component types with typing.get_type_hints(cls.__init__), i.e. from __annotations__.
+    hints = {**typing.get_type_hints(base.__init__), "turbo": TurboArg}
+    signature = inspect.signature(base.__init__)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()]
+    params.append(inspect.Parameter("turbo", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TurboArg))
+    __init__.__signature__ = signature.replace(parameters=params)
+    __init__.__annotations__ = hints
+    name = f"Turbo{base.__name__}"
+    doc = (f"diffusers' `{base.__name__}` with Turbo token merging installed (same `__call__`).\n\n"
+           "Takes the same arguments plus `turbo`: a `TurboConfig`, a dict of its fields, `None` (the default\n"
+           "config, or the one saved with the pipeline) or `False` (no Turbo).")
+    return type(name, (TurboPipelineMixin, base), {"__init__": __init__, "__doc__": doc, "_turbo_base": base,
+                                                    "__module__": __name__, "__qualname__": name})
+
+
+TurboStableDiffusionPipeline = _turbo_pipeline(StableDiffusionPipeline)
+TurboStableDiffusionImg2ImgPipeline = _turbo_pipeline(StableDiffusionImg2ImgPipeline)
+TurboStableDiffusionXLPipeline = _turbo_pipeline(StableDiffusionXLPipeline)
+
+__all__ = [
+    "TurboPipelineMixin",
+    "TurboStableDiffusionImg2ImgPipeline",
+    "TurboStableDiffusionPipeline",
+    "TurboStableDiffusionXLPipeline",
+]
