@@ -27,6 +27,9 @@ BAD_VALUES = [
     ("match_radius", -1),
     ("use_rand", "yes"),
     ("merge_attn", 1),
+    ("mode", "keys"),
+    ("plan_every", 0),
+    ("plan_every", 2.0),
 ]
 
 
@@ -71,3 +74,4 @@ def test_defaults():
     cfg = TurboConfig()
     assert (cfg.ratio, cfg.semantic, cfg.max_downsample, cfg.sx, cfg.sy) == (0.5, "attention", None, 2, 2)
     assert (cfg.merge_attn, cfg.merge_crossattn, cfg.merge_mlp, cfg.backend) == (True, False, False, "auto")
+    assert (cfg.mode, cfg.plan_every, cfg.match_radius) == ("tokens", 1, 1)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SEMANTICS = ("attention", "text", "none")
+MODES = ("tokens", "kv")
 BACKENDS = ("auto", "sdpa", "xformers")
 DOWNSAMPLES = (1, 2, 4, 8)
 
@@ -39,6 +40,13 @@ class TurboConfig:
         match_radius (`int`, *optional*, defaults to 1): compare each source only with the destinations of the
             ``(2 * radius + 1) ** 2`` windows around it. ``None`` compares with every destination (ToMe's global
             matching): the paper's exact redundancy, but its cost grows with N^2 and eats much of the speed-up.
+        mode (`str`, defaults to ``"tokens"``): what self-attention merges. ``"tokens"``: its input, so queries, keys
+            and values all shrink and the output is restored (attention cost ~ (1 - ratio)^2). ``"kv"``: only the
+            keys and values, with proportional attention (``+ log(size)`` on each merged key's logit); every query
+            stays, nothing is restored (cost ~ 1 - ratio): slower, closer to the original.
+        plan_every (`int`, defaults to 1): recompute each block's merge plan every this many UNet calls (denoising
+            steps) and reuse its indices in between. 1 plans every step; larger values save the planning time at
+            the cost of merging by slightly stale similarities. At least 1.
         merge_attn (`bool`, defaults to True): merge around self-attention (where the time goes).
         merge_crossattn (`bool`, defaults to False): also merge around cross-attention (more speed, more change).
         merge_mlp (`bool`, defaults to False): also merge around the feed-forward (most speed, most change).
@@ -55,6 +63,8 @@ class TurboConfig:
     use_rand: bool = True
     seed: int = 0
     match_radius: int | None = 1
+    mode: str = "tokens"
+    plan_every: int = 1
     merge_attn: bool = True
     merge_crossattn: bool = False
     merge_mlp: bool = False
@@ -73,11 +83,17 @@ class TurboConfig:
             raise ValueError(f"sx * sy must be at least 2 (a window needs a source besides its destination), "
                              f"got sx={self.sx}, sy={self.sy}")
         _check_int("seed", self.seed, "an integer", lambda v: True)
+        _check_choice("mode", self.mode, MODES)
+        _check_int("plan_every", self.plan_every, "an integer >= 1", lambda v: v >= 1)
         if self.match_radius is not None:
             _check_int("match_radius", self.match_radius, "None or an integer >= 0", lambda v: v >= 0)
         for name in ("use_rand", "merge_attn", "merge_crossattn", "merge_mlp"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.mode == "kv" and (self.merge_crossattn or self.merge_mlp or not self.merge_attn):
+            raise ValueError("mode='kv' merges self-attention keys and values only; it needs merge_attn=True and "
+                             f"merge_crossattn=False, merge_mlp=False (got merge_attn={self.merge_attn}, "
+                             f"merge_crossattn={self.merge_crossattn}, merge_mlp={self.merge_mlp})")
         if not (self.merge_attn or self.merge_crossattn or self.merge_mlp):
             raise ValueError("merge_attn, merge_crossattn and merge_mlp are all False: nothing would be merged; "
                              "enable at least one (merge_attn=True is the default)")

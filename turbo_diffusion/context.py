@@ -67,6 +67,8 @@ class TurboContext:
         self._plan: MergePlan | None = None
         self._block: object | None = None
         self._text_mass: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # block -> (step made, plan)
+        self._step = 0  # UNet calls since the generation started
         self._pending_prompts: list[torch.Tensor] = []
         self._warned: set[str] = set()
 
@@ -78,8 +80,12 @@ class TurboContext:
         t = _timestep_value(timestep)
         if t is not None and self._last_timestep is not None and t > self._last_timestep:
             # Denoising runs towards t = 0: a larger timestep starts a new generation, which must not see the
-            # previous one's cross-attention.
+            # previous one's cross-attention or plans.
             self._text_mass.clear()
+            self._plans.clear()
+            self._step = 0
+        elif self._last_timestep is not None:
+            self._step += 1
         self._last_timestep = t
         if self.config.use_rand:
             self._call_seed = (self.config.seed * 1_000_003 + round((t or 0.0) * 1000)) % (2**63 - 1)
@@ -118,8 +124,9 @@ class TurboContext:
     def _locate_without_hook(self, attn: object, num_tokens: int, sx: int, sy: int) -> Level | None:
         if self._leader is None or self._leader() is None:
             self._leader = weakref.ref(attn)
-        if self._leader() is attn:
+        if self._leader() is attn:  # the first layer of a UNet call
             self._reference_tokens = num_tokens
+            self._step += 1
         ref = self._reference_tokens
         limit = self.config.max_downsample or 1
         side = math.isqrt(ref)
@@ -143,6 +150,18 @@ class TurboContext:
     def begin_block(self, block_key: object, plan: MergePlan | None) -> None:
         """Record the plan a self-attention layer made (``None`` when it does not merge)."""
         self._block, self._plan = block_key, plan
+
+    def reusable_plan(self, block_key: object, x: torch.Tensor) -> MergePlan | None:
+        """The block's stored plan if it is younger than ``plan_every`` UNet calls and fits ``x``, else ``None``."""
+        entry = self._plans.get(block_key)
+        if entry is None:
+            return None
+        made, plan = entry
+        return plan if self._step - made < self.config.plan_every and plan.matches(x) else None
+
+    def store_plan(self, block_key: object, plan: MergePlan | None) -> None:
+        if self.config.plan_every > 1 and plan is not None:
+            self._plans[block_key] = (self._step, plan)
 
     def plan_for(self, x: torch.Tensor) -> MergePlan | None:
         """The current block's plan if it applies to ``x`` (same batch and token count), else ``None``."""

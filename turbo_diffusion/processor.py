@@ -93,8 +93,7 @@ class TurboProcessor:
     # -- the two merged paths (None means: not merged here, pass through) ------------------------------------
     def _self_attention(self, attn: Attention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
         level = self.context.locate(attn, x.shape[1])
-        with record_function(PROFILE_PLAN):
-            plan = self._plan(attn, x, level) if level is not None else None
+        plan = self._block_plan(attn, x, level) if level is not None else None
         self.context.begin_block(attn, plan)
         if plan is None or not self.config.merge_attn:
             return None
@@ -103,6 +102,10 @@ class TurboProcessor:
             return None
         with record_function(PROFILE_MERGE):
             merged = plan.merge(x)
+        if self.config.mode == "kv":
+            # Keys and values from the merged tokens, every query kept: nothing to restore.
+            with record_function(PROFILE_ATTENTION):
+                return self._finish(attn, self._attend(attn, x, merged, key_sizes=plan.sizes), x)
         with record_function(PROFILE_ATTENTION):
             out = self._attend(attn, merged)
         with record_function(PROFILE_RESTORE):
@@ -122,6 +125,15 @@ class TurboProcessor:
         return self._finish(attn, out, x)
 
     # -- pieces --------------------------------------------------------------------------------------------
+    def _block_plan(self, attn: Attention, x: torch.Tensor, level: Level) -> MergePlan | None:
+        """This block's plan for this UNet call: reused within ``plan_every`` calls, else made afresh."""
+        plan = self.context.reusable_plan(attn, x)
+        if plan is None:
+            with record_function(PROFILE_PLAN):
+                plan = self._plan(attn, x, level)
+            self.context.store_plan(attn, plan)
+        return plan
+
     def _plan(self, attn: Attention, x: torch.Tensor, level: Level) -> MergePlan | None:
         """Partition, score and select: the merge plan of this block for this UNet call."""
         cfg = self.config
@@ -164,8 +176,13 @@ class TurboProcessor:
         mask: torch.Tensor | None = None,
         record_text_mass: bool = False,
         plan: MergePlan | None = None,
+        key_sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Project, attend and project out ``(B, M, C)`` tokens (against ``context`` for cross-attention)."""
+        """Project, attend and project out ``(B, M, C)`` tokens against ``context`` (itself when ``None``).
+
+        ``key_sizes`` ``(B, L)``: how many tokens each key stands for; adds ``log(size)`` to its logits
+        (proportional attention, so a merged key weighs as much as the tokens it replaced).
+        """
         batch, tokens, _ = x.shape
         if context is None:
             context = x
@@ -182,6 +199,8 @@ class TurboProcessor:
             key = attn.norm_k(key)
         if mask is not None:
             mask = attn.prepare_attention_mask(mask, key.shape[2], batch).view(batch, attn.heads, -1, key.shape[2])
+        if key_sizes is not None:
+            mask = key_sizes.log().to(query.dtype)[:, None, None, :]  # (B, 1, 1, L), broadcast over heads/queries
 
         if record_text_mass:
             content = self.context.content_mask(batch, key.shape[2], x.device)
