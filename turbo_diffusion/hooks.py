@@ -8,8 +8,8 @@ What gets installed, and nothing else:
 * with ``merge_mlp``, a hook on those blocks' feed-forward that merges its input and restores its output;
 * with ``semantic="text"`` on a pipeline, a hook on the text encoder that records the prompt's token ids.
 
-Module classes are never renamed or swapped, so ``unet.compile_repeated_blocks()``, LoRA loading and offloading
-see the model they expect. `remove_turbo` puts back exactly the processors that were there before.
+Module classes are never renamed or swapped, so ``unet.compile_repeated_blocks()`` and LoRA loading see the
+model they expect (both tested). `remove_turbo` puts back exactly the processors that were there before.
 """
 
 from __future__ import annotations
