@@ -99,7 +99,7 @@ def write_grids(result: CompareResult, random_note: str | None) -> list[str]:
                 with Image.open(result.out_dir / index[(label, p, seed)].path) as image:
                     row.append(image.convert("RGB"))
             cells.append(row)
-        warning = f"RANDOM WEIGHTS: {random_note}" if random_note else ""
+        warning = _headline(random_note) if random_note else ""
         grid, _ = make_grid(cells, labels, [f"seed {s}" for s in seeds], f"{p}: {config['prompts'][p]}", warning)
         rel = f"grids/{p:0{width}d}.png"
         save_png(grid, result.out_dir / rel, {"prompt_index": p, "columns": labels, "rows": seeds}, random_note)
@@ -132,7 +132,7 @@ def write_plot(result: CompareResult, random_note: str | None) -> str:
         ax.grid(alpha=0.3)
     title = f"{result.configuration['model']}: speed vs fidelity to the baseline"
     if random_note:
-        title += (f"\nRANDOM WEIGHTS: {random_note}."
+        title += (f"\n{_headline(random_note)}."
                   "\nFidelity here is agreement between noise images, not image quality.")
     fig.suptitle(title, fontsize=9, color="darkred" if random_note else "black")
     fig.tight_layout()
@@ -194,7 +194,7 @@ def _intro(result: CompareResult, random_note: str | None) -> tuple[list[str], l
     config = result.configuration
     warnings = []
     if random_note:
-        warnings.append(f"RANDOM WEIGHTS: {random_note}. The fidelity columns below measure how much each method "
+        warnings.append(f"{_headline(random_note)}. The fidelity columns below measure how much each method "
                         "changes noise images, not image quality. Run a real model to judge quality.")
     size = f"{config['width']}x{config['height']}" if config["height"] else "the model's default size"
     facts = [
@@ -224,7 +224,7 @@ def write_markdown(result: CompareResult, grids: Sequence[str], plot: str | None
     if plot:
         lines += ["## Speed vs fidelity", "", f"![speed vs fidelity]({plot})", ""]
     lines += ["## Grids", "", "Columns: methods; rows: seeds."
-              + (f" Random weights: {random_note}." if random_note else ""), ""]
+              + (f" {_headline(random_note)}." if random_note else ""), ""]
     for rel in grids[:MAX_GRIDS_IN_REPORT]:
         lines += [f"![grid {Path(rel).stem}]({rel})", ""]
     if len(grids) > MAX_GRIDS_IN_REPORT:
@@ -250,7 +250,7 @@ def write_html(result: CompareResult, grids: Sequence[str], plot: str | None, ra
     if plot:
         parts += ["<h2>Speed vs fidelity</h2>", f"<img src='{e(plot)}' alt='speed vs fidelity'>"]
     parts += ["<h2>Grids</h2>", "<p>Columns: methods; rows: seeds."
-              + (f" <span class='warning'>Random weights: {e(random_note)}.</span>" if random_note else "") + "</p>"]
+              + (f" <span class='warning'>{e(_headline(random_note))}.</span>" if random_note else "") + "</p>"]
     parts += [f"<p><img src='{e(rel)}' alt='grid {e(Path(rel).stem)}'></p>" for rel in grids[:MAX_GRIDS_IN_REPORT]]
     if len(grids) > MAX_GRIDS_IN_REPORT:
         parts.append(f"<p>{len(grids) - MAX_GRIDS_IN_REPORT} more grids are in grids/.</p>")
@@ -259,6 +259,11 @@ def write_html(result: CompareResult, grids: Sequence[str], plot: str | None, ra
 
 
 _METRIC_NAMES = {"lpips": "LPIPS", "clip_score": "CLIP score", "fid": "FID", "plot": "speed-vs-quality plot"}
+
+
+def _headline(note: str) -> str:
+    """The random-weights note, word for word, as a warning."""
+    return f"Warning, {note}"
 
 
 def _skipped_lines(result: CompareResult) -> list[tuple[str, str]]:
