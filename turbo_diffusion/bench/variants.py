@@ -101,10 +101,11 @@ class TokenDownsamplingProcessor:
 
     The ``(B, h*w, C)`` hidden states are seen as an ``h x w`` grid and resized to ``round(h * s) x round(w * s)``
     with ``s = sqrt(1 - ratio)``, so ``ratio`` is the share of key/value tokens removed: 0.75 is ToDo's 2x2
-    downsampling, 0.5 about 1.41x per side. ``mode="nearest"`` keeps one token per cell (ToDo's default,
-    ``nearest-exact`` interpolation), ``"avg"`` averages each cell (adaptive average pooling). Attention then costs
-    ``(1 - ratio)`` of the full ``N x N`` score matrix, against ``(1 - ratio)^2`` when queries are merged too; in
-    exchange no token's query is approximated. The key/value projections see the downsampled tokens only.
+    downsampling, 0.5 about 1.41x per side. ``mode="nearest"`` keeps one token per cell (``nearest-exact``
+    interpolation, as in ToDo's reference code; in a 2x2 cell, the bottom-right token), ``"avg"`` averages each
+    cell (adaptive average pooling). Attention then costs ``(1 - ratio)`` of the full ``N x N`` score matrix,
+    against ``(1 - ratio)^2`` when queries are merged too; in exchange no token's query is approximated. The
+    key/value projections see the downsampled tokens only.
 
     Args:
         ratio: share of key/value tokens removed, in ``(0, 1)``. Higher is faster and coarser.
