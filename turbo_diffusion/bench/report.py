@@ -55,7 +55,8 @@ METHODS = {
 def environment(spec: BenchSpec, random_weights: bool, command: str | None = None) -> dict[str, Any]:
     """The ``meta`` block of a run (keys in the module docstring). ``command`` defaults to `command_for`."""
     device = torch.device(spec.device)
-    cpu = f"{cpu_model()}, {torch.get_num_threads()} torch threads of {os.cpu_count()} logical CPUs"
+    threads = torch.get_num_threads()
+    cpu = f"{cpu_model()}, {threads} torch thread{'s' if threads != 1 else ''} of {os.cpu_count()} logical CPUs"
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),

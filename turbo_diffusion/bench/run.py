@@ -2,7 +2,9 @@
 
 For every image size and UNet batch, all variants run interleaved on one model in one process: diffusers'
 default processor, then for each ratio Turbo (default config and each extra setting), tomesd, ToDo-style key/value
-downsampling and the zero-overhead bound. Measured per variant:
+downsampling and the zero-overhead bound. All of them attend with torch SDPA, as the default processor does (Turbo's
+``backend`` is pinned to ``"sdpa"`` unless a setting names another), so a speed-up measures token reduction, not a
+kernel change. Measured per variant:
 
 * one UNet step: min, median and max seconds over the repeats, speed-up over the default processor (ratio of
   minima) and share of the bound's speed-up at the same ratio (ratio of the two speed-ups);
@@ -217,7 +219,11 @@ def plan_variants(spec: BenchSpec) -> tuple[list[PlannedVariant], list[str]]:
     tomesd_missing = "tomesd" in spec.variants and tomesd_variant(0.5) is None
     if tomesd_missing:
         notes.append("tomesd is not installed (pip install tomesd): its variant was skipped")
-    settings = [("turbo", {})] + [(turbo_series(s), parse_turbo_setting(s)) for s in dict.fromkeys(spec.turbo)]
+    # Turbo's attention kernel is pinned to torch SDPA, the default processor's, so that on CUDA with xformers
+    # installed a speed-up is not a kernel comparison; a --turbo setting may still ask for backend=xformers.
+    kernel = {"backend": "sdpa"} if "backend" in {f.name for f in dataclasses.fields(TurboConfig)} else {}
+    settings = [("turbo", kernel)]
+    settings += [(turbo_series(s), {**kernel, **parse_turbo_setting(s)}) for s in dict.fromkeys(spec.turbo)]
     for ratio in spec.ratios:
         if "turbo" in spec.variants:
             planned += [PlannedVariant("turbo", series, ratio, fields) for series, fields in settings]
@@ -249,7 +255,7 @@ def build_variants(spec: BenchSpec, planned: list[PlannedVariant], grid: tuple[i
 
 def planned_calls(spec: BenchSpec, planned: list[PlannedVariant]) -> int:
     """How many model calls ``run_bench`` makes (for a progress bar)."""
-    per_measure = len(planned) * (spec.warmup + spec.repeats)
+    per_measure = 1 + len(planned) * (spec.warmup + spec.repeats)  # 1: the priming call
     profiled = sum(p.family == "turbo" for p in planned) if spec.profile else 0
     cases = len(spec.sizes) * len(spec.batches)
     return cases * (per_measure * (2 if spec.steps else 1) + profiled)

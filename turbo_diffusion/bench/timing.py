@@ -1,11 +1,12 @@
 """Interleaved timing of variants in one process: one UNet step, or a whole generation through a pipeline.
 
 Each variant installs itself on the shared model (weights are loaded once) and uninstalls after each call.
-Warm-up calls come first, one round per variant; the first of them also measures the variant's peak memory (see
-`memory`), so the timed calls run without a sampling thread. Repeats then visit the variants in rotating order,
-so drift on a shared machine hits them all alike. The minimum over repeats is the least-disturbed run (noise only
-adds time) and ratios of minima are the speed-ups. On CUDA the device is synchronized before starting and before
-stopping each clock.
+One priming call with the first variant comes first, so one-time initialisation (kernel selection, library
+workspaces, allocator pools) is charged to no variant. Warm-up calls follow, one round per variant; the first of
+them also measures the variant's peak memory (see `memory`), so the timed calls run without a sampling thread.
+Repeats then visit the variants in rotating order, so drift on a shared machine hits them all alike. The minimum
+over repeats is the least-disturbed run (noise only adds time) and ratios of minima are the speed-ups. On CUDA
+the device is synchronized before starting and before stopping each clock.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def time_interleaved(
     measure_memory: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Timing]:
-    """Time ``call()`` with each variant installed on ``model``.
+    """Time ``call()`` with each variant installed on ``model``: one priming call, ``warmup`` rounds, then
+    ``repeats`` rotating rounds.
 
     Args:
         model: what variants install on (a pipeline or a UNet).
@@ -89,6 +91,10 @@ def time_interleaved(
         raise ValueError(f"variant names must be unique, got {[v.name for v in variants]}")
     timings = {v.name: Timing(v.name) for v in variants}
     with torch.inference_mode():
+        with installed(model, variants[0]):
+            call()
+        if progress:
+            progress(f"priming {variants[0].name}")
         for round_ in range(warmup):
             for v in variants:
                 with installed(model, v):
