@@ -228,8 +228,7 @@ def header(result: BenchResult) -> str:
     meta, spec = result.meta, result.spec
     versions = meta["versions"]
     tomesd = f" · tomesd {versions['tomesd']}" if versions.get("tomesd") else ""
-    weights = f" ({meta['weights']}: {RANDOM_WEIGHTS_NOTE.split(': ', 1)[1]})" if meta["weights"] == "random weights" \
-        else ""
+    weights = f" ({RANDOM_WEIGHTS_NOTE})" if meta["weights"] == "random weights" else ""
     lines = [
         f"{meta['date']} · {meta['machine']} · commit {meta['commit']}",
         f"turbo_diffusion {versions['turbo_diffusion']} · diffusers {versions['diffusers']} · torch {versions['torch']}"

@@ -222,11 +222,12 @@ def plan_variants(spec: BenchSpec) -> tuple[list[PlannedVariant], list[str]]:
     # Turbo's attention kernel is pinned to torch SDPA, the default processor's, so that on CUDA with xformers
     # installed a speed-up is not a kernel comparison; a --turbo setting may still ask for backend=xformers.
     kernel = {"backend": "sdpa"} if "backend" in {f.name for f in dataclasses.fields(TurboConfig)} else {}
-    settings = [("turbo", kernel)]
-    settings += [(turbo_series(s), {**kernel, **parse_turbo_setting(s)}) for s in dict.fromkeys(spec.turbo)]
+    settings = {"turbo": kernel}
+    for setting in spec.turbo:  # keyed by label: "alpha=0" and "alpha = 0" are one variant
+        settings.setdefault(turbo_series(setting), {**kernel, **parse_turbo_setting(setting)})
     for ratio in spec.ratios:
         if "turbo" in spec.variants:
-            planned += [PlannedVariant("turbo", series, ratio, fields) for series, fields in settings]
+            planned += [PlannedVariant("turbo", series, ratio, fields) for series, fields in settings.items()]
         if "tomesd" in spec.variants and not tomesd_missing:
             planned.append(PlannedVariant("tomesd", "tomesd", ratio))
         if "todo" in spec.variants:
