@@ -1,0 +1,288 @@
+"""What a benchmark run reports: its environment, Markdown tables, JSON and a speed-up plot.
+
+JSON (`write_json`, schema ``turbo-diffusion-bench/1``), top-level keys:
+
+* ``schema``: the string above.
+* ``meta``: ``date`` (ISO 8601, local time with offset), ``machine`` (the CUDA device name, or the CPU model with
+  torch's thread count), ``cpu``, ``gpu`` (``None`` on CPU runs), ``commit`` (short hash, ``+dirty`` when the
+  working tree had changes, ``unknown`` outside git), ``versions`` (turbo_diffusion, diffusers, torch,
+  transformers, tomesd or ``None``, python), ``command`` (an equivalent ``turbo-diffusion bench`` command with
+  every option spelled out), ``invoked`` (the process's own command line), ``weights`` (``"random weights"`` for
+  built-in models, else ``"pretrained"``), ``methods`` (how speed-up, memory and the phase breakdown are measured).
+* ``spec``: the `BenchSpec` fields (sizes as ``[height, width]``).
+* ``notes``: variants skipped and why.
+* ``rows``: one per case and variant, with ``height``, ``width``, ``batch``, ``level`` (latent downsampling of the
+  accelerated level), ``grid`` (its token rows and columns), ``variant`` (unique name, e.g. ``turbo@0.5``),
+  ``series`` (the name without the ratio), ``family`` (default, turbo, tomesd, todo, bound), ``ratio``,
+  ``settings``, ``step`` and ``generation`` (``None`` without ``--steps``), each with ``seconds`` (every timed call),
+  ``min``, ``median``, ``max`` (seconds), ``speedup`` (default's min / this min), ``of_bound`` (speed-up / the bound's
+  at the same ratio, ``None`` without one), ``peak_mib``, ``peak_total_mib``; and ``profile`` (Turbo only, else
+  ``None``): ``plan``, ``merge``, ``attention``, ``restore`` (shares of one profiled step), ``total_ms``, ``clock``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import RANDOM_WEIGHTS_NOTE
+from .memory import CPU_METHOD, CUDA_METHOD
+from .run import BenchResult, BenchSpec
+
+SCHEMA = "turbo-diffusion-bench/1"
+METHODS = {
+    "speedup": "default processor's minimum seconds / the variant's minimum, over interleaved repeats",
+    "of_bound": "variant's speed-up / the zero-overhead bound's speed-up at the same ratio",
+    "memory": "first warm-up call of each variant: " + CUDA_METHOD + " (CUDA); " + CPU_METHOD.format(ms=1) + " (CPU)",
+    "profile": "one extra torch.profiler step per Turbo variant: time inside the turbo::plan/merge/attention/restore "
+               "labels / time of the whole step (CPU wall clock; on CUDA, GPU time of the kernels launched inside)",
+}
+
+
+# -- environment ------------------------------------------------------------------------------------------------
+def environment(spec: BenchSpec, random_weights: bool, command: str | None = None) -> dict[str, Any]:
+    """The ``meta`` block of a run (keys in the module docstring). ``command`` defaults to `command_for`."""
+    device = torch.device(spec.device)
+    threads = torch.get_num_threads()
+    cpu = f"{cpu_model()}, {threads} torch thread{'s' if threads != 1 else ''} of {os.cpu_count()} logical CPUs"
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": gpu or f"CPU {cpu}",
+        "cpu": cpu,
+        "gpu": gpu,
+        "commit": git_commit(),
+        "versions": {name: _version(name) for name in ("turbo_diffusion", "diffusers", "torch", "transformers",
+                                                       "tomesd")} | {"python": platform.python_version()},
+        "command": command or command_for(spec),
+        "invoked": invoked_command(),
+        "weights": "random weights" if random_weights else "pretrained",
+        "methods": METHODS,
+    }
+
+
+def invoked_command() -> str:
+    """This process's command line as typed: ``python -m turbo_diffusion.cli bench ...``, ``turbo-diffusion bench
+    ...``, ``python benchmarks/unet_step.py ...`` (or pytest's, in tests)."""
+    if not sys.argv or not sys.argv[0]:
+        return ""
+    program = sys.argv[0]
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if Path(program).name == "__main__.py" and main_spec is not None:
+        program = f"python -m {main_spec.name.removesuffix('.__main__')}"
+    elif program.endswith(".py"):
+        program = f"python {program}"
+    else:
+        program = Path(program).name
+    return " ".join([program, shlex.join(sys.argv[1:])]).strip()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def git_commit() -> str:
+    """Short hash of the checkout this package runs from, ``+dirty`` if it has uncommitted changes."""
+    where = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def command_for(spec: BenchSpec, outputs: Sequence[str] = ()) -> str:
+    """A ``turbo-diffusion bench`` command that repeats ``spec``, every option spelled out (plus ``outputs``)."""
+    sizes = [str(h) if h == w else f"{h}x{w}" for h, w in spec.sizes]
+    args = ["turbo-diffusion", "bench", "--model", spec.model, "--sizes", *sizes,
+            "--batches", *map(str, spec.batches), "--ratios", *(f"{r:g}" for r in spec.ratios)]
+    for setting in spec.turbo:
+        args += ["--turbo", setting]
+    args += ["--variants", *spec.variants, "--todo-mode", spec.todo_mode, "--dtype", spec.dtype,
+             "--device", spec.device, "--repeats", str(spec.repeats), "--warmup", str(spec.warmup),
+             "--steps", str(spec.steps)]
+    if spec.steps:
+        args += ["--prompt", spec.prompt, "--guidance-scale", f"{spec.guidance_scale:g}"]
+    args += ["--seed", str(spec.seed)]
+    if not spec.profile:
+        args.append("--no-profile")
+    return shlex.join([*args, *outputs])
+
+
+def _version(name: str) -> str | None:
+    """The running module's ``__version__`` when it has been imported, else the installed distribution's."""
+    module = sys.modules.get(name)
+    if getattr(module, "__version__", None):
+        return str(module.__version__)
+    try:
+        return metadata.version(name.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# -- JSON -------------------------------------------------------------------------------------------------------
+def to_json(result: BenchResult) -> dict[str, Any]:
+    """The run as a JSON-ready dict (keys in the module docstring); NaN and infinities become ``None``."""
+    record = {"schema": SCHEMA, "meta": result.meta, "spec": result.spec.to_dict(), "notes": result.notes,
+              "rows": result.rows}
+    return _finite(record)
+
+
+def write_json(result: BenchResult, path: str | os.PathLike) -> None:
+    Path(path).write_text(json.dumps(to_json(result), indent=1, allow_nan=False) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# -- tables -----------------------------------------------------------------------------------------------------
+def _px(row: dict[str, Any]) -> str:
+    return str(row["height"]) if row["height"] == row["width"] else f"{row['height']}x{row['width']}"
+
+
+def _seconds(value: float) -> str:
+    """Three significant digits, never in exponent form: 14.6, 5.26, 0.0412."""
+    digits = max(0, 2 - math.floor(math.log10(value))) if value > 0 else 3
+    return f"{value:.{digits}f}"
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def _measure(key: str, fmt: Callable[[Any], str]) -> Callable[[dict[str, Any], str], str]:
+    return lambda row, measure: "" if row[measure][key] is None else fmt(row[measure][key])
+
+
+def _phase(name: str) -> Callable[[dict[str, Any], str], str]:
+    return lambda row, measure: _share(row["profile"][name]) if row["profile"] else ""
+
+
+# Column title -> cell for (row, measure), measure being "step" or "generation".
+COLUMNS: dict[str, Callable[[dict[str, Any], str], str]] = {
+    "px": lambda row, _: _px(row),
+    "batch": lambda row, _: str(row["batch"]),
+    "variant": lambda row, _: row["series"],
+    "ratio": lambda row, _: "" if row["ratio"] is None else f"{row['ratio']:g}",
+    "min s": _measure("min", _seconds),
+    "median s": _measure("median", _seconds),
+    "max s": _measure("max", _seconds),
+    "speed-up": _measure("speedup", lambda v: f"{v:.3f}x"),
+    "of bound": _measure("of_bound", _share),
+    "peak MiB": _measure("peak_mib", lambda v: f"{v:.0f}"),
+    "plan": _phase("plan"),
+    "merge": _phase("merge"),
+    "attention": _phase("attention"),
+    "restore": _phase("restore"),
+}
+STEP_COLUMNS = tuple(COLUMNS)
+GENERATION_COLUMNS = ("px", "batch", "variant", "ratio", "min s", "median s", "max s", "speed-up", "of bound",
+                      "peak MiB")
+
+
+def table(result: BenchResult, measure: str = "step", columns: Sequence[str] | None = None) -> str:
+    """A Markdown table of ``measure`` (``"step"`` or ``"generation"``), one line per case and variant."""
+    if columns is None:
+        columns = STEP_COLUMNS if measure == "step" else GENERATION_COLUMNS
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown column(s) {unknown}; known: {list(COLUMNS)}")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in result.rows:
+        if row[measure] is not None:
+            lines.append("| " + " | ".join(COLUMNS[c](row, measure) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def header(result: BenchResult) -> str:
+    """Date, machine, commit, versions, model (with "random weights"), dtype, device, repeats and the command."""
+    meta, spec = result.meta, result.spec
+    versions = meta["versions"]
+    tomesd = f" · tomesd {versions['tomesd']}" if versions.get("tomesd") else ""
+    weights = f" ({RANDOM_WEIGHTS_NOTE})" if meta["weights"] == "random weights" else ""
+    lines = [
+        f"{meta['date']} · {meta['machine']} · commit {meta['commit']}",
+        f"turbo_diffusion {versions['turbo_diffusion']} · diffusers {versions['diffusers']} · torch {versions['torch']}"
+        f"{tomesd} · python {versions['python']}",
+        f"model {spec.model}{weights} · {spec.dtype} · {spec.device} · {spec.repeats} interleaved repeats after "
+        f"{spec.warmup} warm-up",
+        f"command: {meta['command']}",
+    ]
+    if meta.get("invoked") and meta["invoked"] != meta["command"]:
+        lines.append(f"invoked as: {meta['invoked']}")
+    return "\n".join(lines + [f"note: {note}" for note in result.notes])
+
+
+def format_report(result: BenchResult) -> str:
+    """Header, the UNet-step table and, when generations were timed, the generation table."""
+    parts = [header(result), "", "### One UNet step", "", table(result, "step")]
+    parts += ["", "speed-up: default min / variant min · of bound: speed-up / bound's speed-up at the same ratio · "
+                  "plan/merge/attention/restore: share of one profiled step · peak MiB: above memory held before"]
+    if any(row["generation"] is not None for row in result.rows):
+        parts += ["", f"### Whole generation, {result.spec.steps} steps", "", table(result, "generation")]
+    return "\n".join(parts)
+
+
+# -- plot -------------------------------------------------------------------------------------------------------
+def plot(result: BenchResult, path: str | os.PathLike) -> None:
+    """PNG of speed-up against ratio, one line per variant series, one panel per case (and measure). The default
+    processor is the line at 1; the bound is dashed. Needs matplotlib (``pip install 'turbo-diffusion[metrics]'``)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    measures = ["step"] + (["generation"] if any(r["generation"] is not None for r in result.rows) else [])
+    cases = list(dict.fromkeys((r["height"], r["width"], r["batch"]) for r in result.rows))
+    fig, axes = plt.subplots(len(measures), len(cases), figsize=(4.5 * len(cases), 3.6 * len(measures)),
+                             squeeze=False)
+    for i, measure in enumerate(measures):
+        for j, (height, width, batch) in enumerate(cases):
+            ax = axes[i][j]
+            rows = [r for r in result.rows if (r["height"], r["width"], r["batch"]) == (height, width, batch)]
+            ax.axhline(1.0, color="black", linewidth=0.8, label="default")
+            for series in dict.fromkeys(r["series"] for r in rows if r["ratio"] is not None):
+                points = sorted((r["ratio"], r[measure]["speedup"]) for r in rows if r["series"] == series)
+                style = dict(linestyle="--", color="gray") if series == "bound" else {}
+                ax.plot(*zip(*points, strict=True), marker="o", label=series, **style)
+            what = "UNet step" if measure == "step" else f"generation, {result.spec.steps} steps"
+            ax.set_title(f"{height}x{width} px · batch {batch} · {what}", fontsize=9)
+            ax.set_xlabel("ratio")
+            ax.grid(alpha=0.3)
+        axes[i][0].set_ylabel("speed-up over default (ratio of minima)")
+    axes[0][0].legend(fontsize=7)
+    meta = result.meta
+    fig.suptitle(f"{result.spec.model} ({meta['weights']}) · {result.spec.dtype} · {meta['machine']} · "
+                 f"{meta['date'][:10]} · {meta['commit']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
