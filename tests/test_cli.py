@@ -39,7 +39,8 @@ def test_generate_sdxl_shaped_model_with_extra_turbo_fields(tmp_path, capsys):
     (["--guidance", "-1"], "--guidance must be >= 0"),
     (["--out", "image.gif"], "--out must end in one of"),
     (["--turbo", "ratios=0.2"], "unknown TurboConfig field(s) ratios"),
-    (["--turbo", "alpha"], "expected FIELD=VALUE"),
+    (["--turbo", "alpha"], "expected field=value, got 'alpha'"),
+    (["--turbo", "alpha=2..5"], "cannot read value '2..5'"),
     (["--model", "nope"], "unknown model 'nope'"),
     (["--device", "tpu"], "invalid choice"),
 ])

@@ -75,3 +75,25 @@ def test_defaults():
     assert (cfg.ratio, cfg.semantic, cfg.max_downsample, cfg.sx, cfg.sy) == (0.5, "attention", None, 2, 2)
     assert (cfg.merge_attn, cfg.merge_crossattn, cfg.merge_mlp, cfg.backend) == (True, False, False, "auto")
     assert (cfg.mode, cfg.plan_every, cfg.match_radius) == ("tokens", 1, 1)
+
+
+def test_parse_fields_reads_literals_and_bare_words():
+    from turbo_diffusion.config import parse_fields
+
+    assert parse_fields("alpha=2, semantic=none,match_radius=None,use_rand=False,backend='sdpa'") == {
+        "alpha": 2, "semantic": "none", "match_radius": None, "use_rand": False, "backend": "sdpa"}
+    assert parse_fields("x=(1, 2),y=[3,4]") == {"x": (1, 2), "y": [3, 4]}
+    assert parse_fields("") == {}
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("alpha", "expected field=value"),
+    ("2=3", "expected field=value"),
+    ("alpha=1,alpha=2", "alpha given twice"),
+    ("alpha=2..5", "cannot read value '2..5'"),
+])
+def test_parse_fields_rejects_malformed_items(spec, message):
+    from turbo_diffusion.config import parse_fields
+
+    with pytest.raises(ValueError, match=message):
+        parse_fields(spec)

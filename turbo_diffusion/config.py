@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +124,55 @@ def resolve_config(config: TurboConfig | dict[str, Any] | None = None, **fields:
     elif not isinstance(config, TurboConfig):
         raise TypeError(f"config must be a TurboConfig, a dict or None, got {type(config).__name__}")
     return config.replace(**fields) if fields else config
+
+
+def parse_fields(spec: str) -> dict[str, Any]:
+    """Read ``"alpha=2,semantic=none,match_radius=None"`` as ``{"alpha": 2, "semantic": "none", "match_radius": None}``.
+
+    The command-line form of config fields (``--turbo`` in ``generate`` and ``bench``, ``turbo@R:...`` in
+    ``compare``). Items are split at commas outside brackets and quotes. Values are Python literals (``None``,
+    ``0.5``, ``True``, ``'text'``, ``(1, 2)``), and a bare word is a string. Names are not checked here; give the
+    result to `TurboConfig`, which names unknown fields. Raises ``ValueError`` (one line) for an item that is not
+    ``name=value``, a name given twice, or a value that is neither a literal nor a bare word.
+    """
+    fields: dict[str, Any] = {}
+    for item in split_top_level(spec):
+        name, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or not name.isidentifier():
+            raise ValueError(f"expected field=value, got {item.strip()!r}")
+        if name in fields:
+            raise ValueError(f"{name} given twice")
+        fields[name] = _literal(text)
+    return fields
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split at commas outside brackets and quotes, dropping empty pieces: ``"a=(1, 2),b=x"`` ->
+    ``["a=(1, 2)", "b=x"]``."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item for item in items if item.strip()]
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if re.fullmatch(r"[A-Za-z_][\w.-]*", text):
+            return text  # a bare word: semantic=none, backend=sdpa
+        raise ValueError(f"cannot read value {text!r}: use a Python literal or a bare word") from None
 
 
 def _check_field_names(fields: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ kernel change. Measured per variant:
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
 import os
@@ -29,7 +28,7 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 from ..archs import ARCHITECTURES, build_unet, unet_inputs
-from ..config import TurboConfig
+from ..config import TurboConfig, parse_fields, split_top_level
 from ..models import RANDOM_WEIGHT_MODELS, load_pipeline, uses_random_weights
 from .profile import variant_breakdown
 from .timing import Progress, Timing, time_generations, time_variants, unet_step_call
@@ -146,12 +145,10 @@ def parse_turbo_setting(spec: str) -> dict[str, Any]:
     come from `TurboConfig` itself, so fields added later work unchanged. ``ratio`` is not allowed here: ratios
     are the benchmark's axis. Raises ``ValueError`` with a one-line message.
     """
-    fields: dict[str, Any] = {}
-    for item in _split_top_level(spec):
-        key, sep, text = (part.strip() for part in item.partition("="))
-        if not sep or not key.isidentifier():
-            raise ValueError(f"Turbo setting {spec!r}: expected field=value[,field=value...], got {item.strip()!r}")
-        fields[key] = _literal(text)
+    try:
+        fields = parse_fields(spec)
+    except ValueError as err:
+        raise ValueError(f"Turbo setting {spec!r}: {err}") from None
     if not fields:
         raise ValueError(f"Turbo setting {spec!r} is empty")
     known = {f.name for f in dataclasses.fields(TurboConfig)}
@@ -170,36 +167,8 @@ def parse_turbo_setting(spec: str) -> dict[str, Any]:
 
 def turbo_series(spec: str) -> str:
     """The label of an extra Turbo setting, e.g. ``"turbo[semantic=none,alpha=0]"`` (spaces removed)."""
-    items = [re.sub(r"\s+", "", item) for item in _split_top_level(spec)]
+    items = [re.sub(r"\s+", "", item) for item in split_top_level(spec)]
     return f"turbo[{','.join(items)}]"
-
-
-def _split_top_level(spec: str) -> list[str]:
-    """Split at commas outside brackets and quotes: ``"a=(1, 2),b=x"`` -> ``["a=(1, 2)", "b=x"]``."""
-    items, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(spec):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            items.append(spec[start:i])
-            start = i + 1
-    items.append(spec[start:])
-    return [item for item in items if item.strip()]
-
-
-def _literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        if re.fullmatch(r"[A-Za-z_][\w.-]*", text):
-            return text  # a bare word: semantic=none, backend=sdpa
-        raise ValueError(f"cannot read value {text!r}: use a Python literal or a bare word") from None
 
 
 # -- the run ----------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import torch
 from PIL.PngImagePlugin import PngInfo
 
-from ..config import TurboConfig
+from ..config import TurboConfig, parse_fields
 from . import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -43,21 +42,6 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
                    help="default: float16 on CUDA, float32 on CPU")
     p.set_defaults(func=run)
-
-
-def parse_fields(spec: str) -> dict[str, Any]:
-    """``"alpha=2,semantic=text"`` -> ``{"alpha": 2, "semantic": "text"}`` (values read as Python literals,
-    bare words as strings)."""
-    fields: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"expected FIELD=VALUE in --turbo, got {item!r}")
-        try:
-            fields[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            fields[key.strip()] = value.strip()
-    return fields
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,6 @@ be interleaved image by image on one set of weights and one scheduler.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib.util
 import inspect
@@ -21,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import TurboConfig
+from ..config import TurboConfig, parse_fields, split_top_level
 from ..hooks import apply_turbo, remove_turbo
 
 KINDS = ("baseline", "turbo", "tome")
@@ -122,7 +121,7 @@ def parse_methods(spec: str | Sequence[str]) -> list[Method]:
     """
     pieces: list[str] = []
     for part in [spec] if isinstance(spec, str) else list(spec):
-        for piece in _split_top_level(part):
+        for piece in split_top_level(part):
             piece = piece.strip()
             if not piece:
                 continue
@@ -146,42 +145,10 @@ def parse_methods(spec: str | Sequence[str]) -> list[Method]:
 
 
 def _parse_fields(text: str, options: str) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    for item in _split_top_level(options):
-        name, eq, value = item.partition("=")
-        if not eq or not name.isidentifier():
-            raise MethodError(f"{text!r}: settings after ':' must be field=value, got {item!r}")
-        if name in fields:
-            raise MethodError(f"{text!r}: {name} given twice")
-        fields[name] = _literal(value)
-    return fields
-
-
-def _literal(value: str) -> Any:
-    """A Python literal (``2``, ``None``, ``True``, ``'x'``); anything else is taken as a plain string."""
     try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that are outside brackets and quotes."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
+        return parse_fields(options)
+    except ValueError as err:
+        raise MethodError(f"{text!r}: settings after ':' must be field=value: {err}") from None
 
 
 def _check_tome(text: str, ratio: float, fields: dict[str, Any]) -> None:
