@@ -14,7 +14,9 @@ built in code), since the real vocabulary cannot be downloaded.
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from typing import Any
 
 import torch
@@ -56,7 +58,14 @@ def byte_level_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": i + 256 for i, s in enumerate(symbols)})
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = 512, 513
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    # Through files: transformers 4 takes (vocab_file, merges_file) paths, 5 takes paths or objects.
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file, merges_file = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            json.dump(vocab, f)
+        with open(merges_file, "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n")
+        return CLIPTokenizer(vocab_file, merges_file, model_max_length=model_max_length)
 
 
 def _byte_symbols() -> list[str]:
