@@ -31,6 +31,7 @@ from turbo_diffusion.bench import (
     turbo_variant,
     variant_breakdown,
 )
+from turbo_diffusion.bench.report import format_report, plot, read_json
 from turbo_diffusion.bench.run import plan_variants
 from turbo_diffusion.bench.timing import generation_call, unet_step_call
 from turbo_diffusion.bench.variants import attention_level, level_grid
@@ -276,6 +277,28 @@ def test_plot_is_a_png(bench_run):
     with Image.open(png) as image:
         assert image.format == "PNG"
         assert image.width > 200 and image.height > 200
+
+
+def test_saved_run_reads_back_into_the_same_report(bench_run, tmp_path):
+    stdout, record, png = bench_run
+    result = read_json(png.with_suffix(".json"))
+    assert result.spec.sizes == ((48, 64),) and result.spec.ratios == (0.5, 0.7)
+    assert result.rows == record["rows"] and result.meta == record["meta"]
+    assert format_report(result) in stdout  # the same tables as the run printed
+    plot(result, tmp_path / "lines.png")
+    # One ratio: a bar per variant instead of lines.
+    result.rows = [r for r in result.rows if r["ratio"] in (None, 0.5)]
+    plot(result, tmp_path / "bars.png")
+    for name in ("lines.png", "bars.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.width > 200
+
+
+def test_reading_another_schema_is_refused(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"schema": "something-else/1"}))
+    with pytest.raises(ValueError, match="something-else/1"):
+        read_json(path)
 
 
 def test_printed_report_shows_header_speedup_share_of_bound_and_planning(bench_run):

@@ -29,6 +29,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib import metadata
@@ -154,6 +155,18 @@ def write_json(result: BenchResult, path: str | os.PathLike) -> None:
     Path(path).write_text(json.dumps(to_json(result), indent=1, allow_nan=False) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> BenchResult:
+    """A run written by `write_json`, e.g. to redraw its plot or table. Raises ``ValueError`` for another schema."""
+    record = json.loads(Path(path).read_text())
+    if record.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: schema {record.get('schema')!r} is not {SCHEMA!r}")
+    spec = dict(record["spec"])
+    spec["sizes"] = tuple(tuple(size) for size in spec["sizes"])
+    for key in ("batches", "ratios", "turbo", "variants"):
+        spec[key] = tuple(spec[key])
+    return BenchResult(BenchSpec(**spec), record["meta"], record["rows"], record["notes"])
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
@@ -254,8 +267,9 @@ def format_report(result: BenchResult) -> str:
 
 # -- plot -------------------------------------------------------------------------------------------------------
 def plot(result: BenchResult, path: str | os.PathLike) -> None:
-    """PNG of speed-up against ratio, one line per variant series, one panel per case (and measure). The default
-    processor is the line at 1; the bound is dashed. Needs matplotlib (``pip install 'turbo-diffusion[metrics]'``)."""
+    """PNG of the speed-ups, one panel per case (and measure). With several ratios: speed-up against ratio, one
+    line per variant series, the default processor at 1 and the bound dashed. With one ratio: one labelled bar
+    per variant. Needs matplotlib (``pip install 'turbo-diffusion[metrics]'``)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -263,26 +277,53 @@ def plot(result: BenchResult, path: str | os.PathLike) -> None:
 
     measures = ["step"] + (["generation"] if any(r["generation"] is not None for r in result.rows) else [])
     cases = list(dict.fromkeys((r["height"], r["width"], r["batch"]) for r in result.rows))
-    fig, axes = plt.subplots(len(measures), len(cases), figsize=(4.5 * len(cases), 3.6 * len(measures)),
+    series = list(dict.fromkeys(r["series"] for r in result.rows if r["ratio"] is not None))
+    bars = len({r["ratio"] for r in result.rows if r["ratio"] is not None}) == 1
+    height = 0.45 * len(series) + 1.6 if bars else 3.6
+    fig, axes = plt.subplots(len(measures), len(cases), figsize=(4.5 * len(cases) + 1.5 * bars, height * len(measures)),
                              squeeze=False)
     for i, measure in enumerate(measures):
-        for j, (height, width, batch) in enumerate(cases):
+        for j, (h, w, batch) in enumerate(cases):
             ax = axes[i][j]
-            rows = [r for r in result.rows if (r["height"], r["width"], r["batch"]) == (height, width, batch)]
-            ax.axhline(1.0, color="black", linewidth=0.8, label="default")
-            for series in dict.fromkeys(r["series"] for r in rows if r["ratio"] is not None):
-                points = sorted((r["ratio"], r[measure]["speedup"]) for r in rows if r["series"] == series)
-                style = dict(linestyle="--", color="gray") if series == "bound" else {}
-                ax.plot(*zip(*points, strict=True), marker="o", label=series, **style)
+            rows = [r for r in result.rows if (r["height"], r["width"], r["batch"]) == (h, w, batch)]
+            if bars:
+                _bars(ax, [r for r in rows if r["ratio"] is not None], measure)
+            else:
+                _lines(ax, rows, measure)
             what = "UNet step" if measure == "step" else f"generation, {result.spec.steps} steps"
-            ax.set_title(f"{height}x{width} px · batch {batch} · {what}", fontsize=9)
-            ax.set_xlabel("ratio")
-            ax.grid(alpha=0.3)
-        axes[i][0].set_ylabel("speed-up over default (ratio of minima)")
-    axes[0][0].legend(fontsize=7)
+            ratio = f" · ratio {rows[-1]['ratio']}" if bars else ""
+            ax.set_title(f"{h}x{w} px · batch {batch} · {what}{ratio}", fontsize=9)
     meta = result.meta
-    fig.suptitle(f"{result.spec.model} ({meta['weights']}) · {result.spec.dtype} · {meta['machine']} · "
-                 f"{meta['date'][:10]} · {meta['commit']}", fontsize=9)
+    title = (f"{result.spec.model} ({meta['weights']}) · {result.spec.dtype} · {meta['machine']} · "
+             f"{meta['date'][:10]} · {meta['commit']}")
+    # About 14 characters of 9-point text per inch: wrap so that a one-panel figure shows the whole title.
+    fig.suptitle(textwrap.fill(title, width=int(14 * fig.get_figwidth())), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _lines(ax: Any, rows: list[dict[str, Any]], measure: str) -> None:
+    ax.axhline(1.0, color="black", linewidth=0.8, label="default")
+    for series in dict.fromkeys(r["series"] for r in rows if r["ratio"] is not None):
+        points = sorted((r["ratio"], r[measure]["speedup"]) for r in rows if r["series"] == series)
+        style = dict(linestyle="--", color="gray") if series == "bound" else {}
+        ax.plot(*zip(*points, strict=True), marker="o", label=series, **style)
+    ax.set_xlabel("ratio")
+    ax.set_ylabel("speed-up over default (ratio of minima)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _bars(ax: Any, rows: list[dict[str, Any]], measure: str) -> None:
+    colors = ["gray" if r["family"] == "bound" else f"C{k % 10}" for k, r in enumerate(rows)][::-1]
+    rows = rows[::-1]  # first variant on top
+    speedups = [r[measure]["speedup"] for r in rows]
+    ax.barh(range(len(rows)), speedups, color=colors, height=0.6)
+    for k, value in enumerate(speedups):
+        ax.annotate(f"{value:.3f}x", (value, k), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r["series"] for r in rows], fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlim(min(0.9, min(speedups) - 0.05), max(speedups) * 1.12)
+    ax.set_xlabel("speed-up over default (ratio of minima)")
+    ax.grid(axis="x", alpha=0.3)
