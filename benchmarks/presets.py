@@ -28,6 +28,12 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
         "one UNet step, SDXL architecture, 1024 px: merging at the 2x level, where tomesd's defaults do nothing",
         ["--model", "sdxl-arch", "--sizes", "1024", "--batches", "1", "--ratios", "0.5", "0.7", "--repeats", "3"],
     ),
+    "sdxl-options": (
+        "one UNet step, SDXL architecture, 1024 px: Turbo merging more levels and the feed-forward",
+        ["--model", "sdxl-arch", "--sizes", "1024", "--batches", "1", "--ratios", "0.5", "--variants", "turbo", "bound",
+         "--turbo", "max_downsample=4", "--turbo", "merge_mlp=True", "--turbo", "merge_mlp=True,max_downsample=4",
+         "--repeats", "3"],
+    ),
     "sd15-generation": (
         "whole 20-step generations with classifier-free guidance, SD 1.5 architecture, 512 px",
         ["--model", "sd15-arch", "--sizes", "512", "--batches", "2", "--ratios", "0.5", "0.7", "--steps", "20",
