@@ -293,6 +293,8 @@ def plot(result: BenchResult, path: str | os.PathLike) -> None:
             what = "UNet step" if measure == "step" else f"generation, {result.spec.steps} steps"
             ratio = f" · ratio {rows[-1]['ratio']}" if bars else ""
             ax.set_title(f"{h}x{w} px · batch {batch} · {what}{ratio}", fontsize=9)
+    if not bars:
+        axes[0][0].legend(fontsize=7, loc="best")
     meta = result.meta
     title = (f"{result.spec.model} ({meta['weights']}) · {result.spec.dtype} · {meta['machine']} · "
              f"{meta['date'][:10]} · {meta['commit']}")
@@ -312,12 +314,11 @@ def _lines(ax: Any, rows: list[dict[str, Any]], measure: str) -> None:
     ax.set_xlabel("ratio")
     ax.set_ylabel("speed-up over default (ratio of minima)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
 
 
 def _bars(ax: Any, rows: list[dict[str, Any]], measure: str) -> None:
-    colors = ["gray" if r["family"] == "bound" else f"C{k % 10}" for k, r in enumerate(rows)][::-1]
-    rows = rows[::-1]  # first variant on top
+    colors = ["gray" if r["family"] == "bound" else f"C{k % 10}" for k, r in enumerate(rows)]
+    rows, colors = rows[::-1], colors[::-1]  # first variant on top
     speedups = [r[measure]["speedup"] for r in rows]
     ax.barh(range(len(rows)), speedups, color=colors, height=0.6)
     for k, value in enumerate(speedups):
