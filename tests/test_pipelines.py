@@ -1,6 +1,8 @@
 """Turbo pipelines and apply_turbo on diffusers pipelines, all built from tiny components (no downloads)."""
 
+import inspect
 import json
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +210,12 @@ def test_text_semantic_learns_the_prompts_content_tokens_from_the_pipeline():
     assert mask.shape == (2, 77)
     assert mask[0].sum() == 0
     assert mask[1].sum() == 7 and mask[1, 1:8].all() and not mask[1, 0]
+
+
+@pytest.mark.parametrize("cls", [TurboStableDiffusionPipeline, TurboStableDiffusionXLPipeline])
+def test_turbo_argument_type_is_one_older_diffusers_can_read(cls):
+    # diffusers 0.35 reads constructor types as classes or typing.Union only; a `|` union made its
+    # from_pretrained raise KeyError('turbo') (found by running this suite on diffusers 0.35.2).
+    annotation = inspect.signature(cls.__init__).parameters["turbo"].annotation
+    assert typing.get_origin(annotation) is typing.Union
+    assert set(typing.get_args(annotation)) == {TurboConfig, dict[str, typing.Any], bool, type(None)}

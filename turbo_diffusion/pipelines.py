@@ -31,7 +31,9 @@ from .hooks import apply_turbo, remove_turbo, turbo_config_of
 from .processor import TurboProcessor
 
 TURBO_CONFIG_NAME = "turbo_config.json"
-TurboArg = TurboConfig | dict[str, Any] | bool | None
+# typing.Union, not `|`: older diffusers (0.35, tested) reads constructor types with `get_origin(t) == typing.Union`
+# and raises KeyError in from_pretrained on a types.UnionType annotation.
+TurboArg = typing.Union[TurboConfig, dict[str, Any], bool, None]  # noqa: UP007
 
 
 class TurboPipelineMixin:
