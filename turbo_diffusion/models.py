@@ -5,6 +5,8 @@ Model names understood by :func:`load_pipeline` (and the CLI's ``--model``):
 * ``"tiny"``, ``"tiny-xl"``: a few-hundred-kilobyte SD / SDXL-shaped pipeline for tests (random weights);
 * ``"sd15-arch"``, ``"sd21-arch"``, ``"sdxl-arch"``: the published SD 1.5, SD 2.1 and SDXL architectures with
   random weights, for honest timings (time and memory do not depend on weight values);
+* ``"shapes"``: a miniature SD 1.5 *trained here* on scenes of coloured shapes (see :mod:`turbo_diffusion.shapes`),
+  shipped with the package: real images, 128 px, in seconds on a CPU;
 * anything else: a Hugging Face Hub id or a local folder, through ``from_pretrained``.
 
 Random-weight pipelines produce noise. :func:`uses_random_weights` tells, and everything that saves or shows an
@@ -33,6 +35,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from .archs import unet_config
 
 RANDOM_WEIGHT_MODELS = ("tiny", "tiny-xl", "sd15-arch", "sd21-arch", "sdxl-arch")
+TRAINED_MODELS = ("shapes",)
+SHAPES_FOLDER = os.path.join(os.path.dirname(__file__), "shapes", "weights")
 RANDOM_WEIGHTS_NOTE = "random weights: the image is noise; only its time and memory mean something"
 _RANDOM_FLAG = "_turbo_random_weights"
 
@@ -186,8 +190,14 @@ def load_pipeline(
             pipe = pipe.to(dtype=torch_dtype)
         setattr(pipe, _RANDOM_FLAG, True)
         return pipe
-    if not os.path.isdir(model) and "/" not in model:
-        raise ValueError(f"unknown model {model!r}: use one of {', '.join(RANDOM_WEIGHT_MODELS)}, "
+    if model == "shapes":
+        if not os.path.isfile(os.path.join(SHAPES_FOLDER, "model_index.json")):
+            raise ValueError(f"the shapes model's weights are missing from {SHAPES_FOLDER}; train them with "
+                             "`turbo-diffusion train-shapes --out DIR` and pass --model DIR/pipeline")
+        model = SHAPES_FOLDER
+        pipeline_class = pipeline_class or StableDiffusionPipeline
+    elif not os.path.isdir(model) and "/" not in model:
+        raise ValueError(f"unknown model {model!r}: use one of {', '.join(RANDOM_WEIGHT_MODELS + TRAINED_MODELS)}, "
                          "a local folder or a Hub id (owner/name)")
     cls = pipeline_class or DiffusionPipeline
     if torch_dtype is not None:

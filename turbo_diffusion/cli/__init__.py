@@ -14,7 +14,7 @@ import sys
 
 from .. import __version__
 
-SUBCOMMANDS = ("generate", "bench", "compare")
+SUBCOMMANDS = ("generate", "bench", "compare", "train-shapes")
 
 
 class UsageError(Exception):
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
         except ModuleNotFoundError as err:
             if err.name != f"{__name__}.{name}":
                 raise

@@ -16,7 +16,7 @@ from collections import Counter
 
 from .scenes import BACKGROUND_COLOURS, COLOURS, POSITIONS, SHAPES, SIZES, TEXTURES
 
-MAX_LENGTH = 40  # the longest scene prompt is 31 tokens with start and end
+MAX_LENGTH = 40  # the longest scene prompt is 34 tokens with start and end
 
 
 def scene_words() -> list[str]:

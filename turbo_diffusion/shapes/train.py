@@ -4,7 +4,8 @@
 
 Stages, each resumable from ``out/checkpoint.pt`` (written atomically every few minutes and at the end):
 
-1. ``vae``: the autoencoder on random 64 px crops of fresh renders (L1 + MSE, a tiny KL), then its latent scale
+1. ``vae``: the autoencoder on random 64 px crops of fresh renders (L1 + MSE, a tiny KL; learning rate 1e-3 for
+   40% of the steps, then decaying linearly to 1e-4), then its latent scale
    (``scaling_factor = 1 / std`` of the latents of 512 renders).
 2. ``pool``: ``pool_size`` training scenes encoded once to latents (``out/latents.pt``); every later batch draws
    from it, which costs far less than encoding each batch.
@@ -56,7 +57,7 @@ class TrainSpec:
             with ``resume=True``). ``None``: until the step counts are reached.
         vae_steps, unet_steps: optimisation steps of the two training stages.
         batch, vae_batch: batch sizes of the UNet and VAE stages.
-        lr: AdamW learning rate of the UNet stage (after a 250-step warm-up); the VAE uses 1e-3.
+        lr: AdamW learning rate of the UNet stage (after a 250-step warm-up); the VAE's is fixed (``vae_lr_at``).
         pool_size: training scenes encoded to latents.
         seed: seed of initialisation and of every data draw.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
@@ -66,7 +67,7 @@ class TrainSpec:
 
     out: str
     minutes: float | None = None
-    vae_steps: int = 2000
+    vae_steps: int = 5000
     unet_steps: int = 8000
     batch: int = 32
     vae_batch: int = 16
@@ -170,6 +171,8 @@ class _Trainer:
                 posterior = self.vae.encode(crops).latent_dist
                 recon = self.vae.decode(posterior.sample(generator=None)).sample.float()
             loss = (recon - crops).abs().mean() + F.mse_loss(recon, crops) + 1e-6 * posterior.kl().mean()
+            for group in self.vae_opt.param_groups:
+                group["lr"] = vae_lr_at(self.step, spec.vae_steps)
             self.vae_opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
@@ -401,6 +404,14 @@ def _random_crops(images: torch.Tensor, size: int, gen: torch.Generator) -> torc
     top = (torch.randint(0, (IMAGE_SIZE - size) // 4 + 1, (len(images),), generator=gen) * 4).tolist()
     left = (torch.randint(0, (IMAGE_SIZE - size) // 4 + 1, (len(images),), generator=gen) * 4).tolist()
     return torch.stack([im[:, t:t + size, s:s + size] for im, t, s in zip(images, top, left, strict=True)])
+
+
+def vae_lr_at(step: int, total: int, lr: float = 1e-3) -> float:
+    """The VAE's learning rate: constant for the first 40% of the steps, then a linear decay to a tenth."""
+    stable = int(0.4 * total)
+    if step < stable:
+        return lr
+    return lr * (1.0 - 0.9 * (step - stable) / max(1, total - stable))
 
 
 def lr_at(step: int, lr: float) -> float:
