@@ -19,6 +19,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="run folder: checkpoint, loss curve, samples, exported pipeline")
     p.add_argument("--minutes", type=float, help="wall-clock budget of this run; checkpoint and stop when spent")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--export", action="store_true",
+                   help="only export the latest checkpoint's weights to OUT/pipeline (e.g. while the run goes on)")
     p.add_argument("--vae-steps", type=int, default=5000, help="VAE optimisation steps (default: 5000)")
     p.add_argument("--steps", type=int, default=12000, help="text encoder + UNet steps (default: 12000)")
     p.add_argument("--batch", type=int, default=32, help="UNet batch size (default: 32)")
@@ -33,7 +35,15 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    from ..shapes.train import TrainSpec, train_shapes
+    from ..shapes.train import TrainSpec, export_run, train_shapes
+
+    if args.export:
+        try:
+            folder = export_run(args.out)
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(str(err)) from None
+        print(f"exported {folder}")
+        return 0
 
     spec = TrainSpec(out=args.out, minutes=args.minutes, vae_steps=args.vae_steps, unet_steps=args.steps,
                      batch=args.batch, lr=args.lr, pool_size=args.pool_size, seed=args.seed, device=args.device,

@@ -116,6 +116,8 @@ class _Trainer:
 
     # -- driver ----------------------------------------------------------------------------------------------
     def run(self) -> Path:
+        if self.spec.resume:
+            print(f"resumed at stage {self.stage!r}, step {self.step} ({self.elapsed_before / 60:.1f} min trained)")
         if self.stage == "done" and self.step < self.spec.unet_steps:
             self.stage = "unet"  # resumed with more steps than the finished run had
         if self.stage == "vae":
@@ -313,7 +315,12 @@ class _Trainer:
         Image.fromarray(grid).save(folder / f"step{self.step:06d}.png")
 
     def _export(self, folder: Path) -> None:
+        """Save the pipeline with the UNet and VAE in fp16 (half the bytes; diffusers loads them back as fp32
+        unless asked otherwise) and the text encoder in fp32 (transformers would load an fp16 one as fp16, and
+        its embeddings would then meet an fp32 UNet)."""
         pipe = self._pipeline()
+        pipe = build_pipeline(copy.deepcopy(pipe.vae).half(), pipe.text_encoder, pipe.tokenizer,
+                              copy.deepcopy(pipe.unet).half())
         pipe.save_pretrained(folder, safe_serialization=True)
         with open(folder / "training.json", "w", encoding="utf-8") as f:
             json.dump({"spec": asdict(self.spec), "stage": self.stage, "unet_step": self.step if self.stage in
@@ -347,7 +354,23 @@ class _Trainer:
             self.ema_unet, self.ema_text = copy.deepcopy(self.unet).eval(), copy.deepcopy(self.text_encoder).eval()
             self.ema_unet.load_state_dict(state["ema_unet"])
             self.ema_text.load_state_dict(state["ema_text"])
-        print(f"resumed at stage {self.stage!r}, step {self.step} ({self.elapsed_before / 60:.1f} min trained)")
+
+
+def export_run(out: str | Path, folder: str | Path | None = None) -> Path:
+    """Export the EMA weights of a run's latest checkpoint as a pipeline folder (``out/pipeline`` by default),
+    without training: to look at a run that is still going."""
+    out = Path(out)
+    path = out / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"no {CHECKPOINT} in {out}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["stage"] not in ("unet", "done"):
+        raise ValueError(f"the run in {out} is at stage {state['stage']!r}: no UNet to export yet")
+    spec = TrainSpec(**{**state["spec"], "out": str(out), "resume": True, "device": "cpu"})
+    trainer = _Trainer(spec, out, torch.device("cpu"), state)
+    target = Path(folder) if folder is not None else out / "pipeline"
+    trainer._export(target)
+    return target
 
 
 def _load_checkpoint(out: Path, spec: TrainSpec) -> dict[str, Any] | None:
