@@ -1,9 +1,12 @@
 """diffusers custom pipeline: `StableDiffusionXLPipeline` with Turbo token merging.
 
-Needs `pip install turbo-diffusion`.
+Ships inside the package (`pip install turbo-diffusion`); `python -m turbo_diffusion.pipelines_path` prints
+where this file is.
+
+    from turbo_diffusion.community import pipeline_file
 
     pipe = DiffusionPipeline.from_pretrained(
-        model, custom_pipeline="pipelines/turbo_stable_diffusion_xl.py", trust_remote_code=True,
+        model, custom_pipeline=pipeline_file("turbo_stable_diffusion_xl"), trust_remote_code=True,
         turbo={"ratio": 0.5},  # optional: a TurboConfig or dict; default config when left out
     )
 

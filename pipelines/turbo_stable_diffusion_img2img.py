@@ -1,0 +1,1 @@
+../turbo_diffusion/community/turbo_stable_diffusion_img2img.py
