@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..harness.environment import environment, invoked_command
+from ..harness.errors import SavedElsewhere
 from ..harness.loading import load_model, loading_message, resolve_device
 from ..harness.output import check_writable, fallback_path
 from ..harness.output import write_json as write_json_file
@@ -149,17 +150,16 @@ def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring 
 
         pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
     scheduler_name = type(pipe.scheduler).__name__
-    say(f"generating {len(spec.prompts) * len(spec.seeds)} prompt x seed pairs with {len(spec.methods)} methods, "
-        f"{spec.steps} steps each, after a 2-step warm-up per method")
     try:
         with state.split_between_processes(list(range(len(spec.prompts)))) as mine:
             records = generate(pipe, spec, out, mine, force=force, progress=progress, position=state.process_index,
                                random_note=random_note,
-                               on_first_image=(lambda: write_config(out, spec)) if state.is_main_process else None)
+                               on_first_image=(lambda: write_config(out, spec)) if state.is_main_process else None,
+                               log=say if state.is_main_process else None)
     finally:
         pipe.scheduler = saved_scheduler
 
-    say("scoring")
+    say(f"scoring {len(records)} images")
     skipped: dict[str, str] = {}
     scorers = load_scorers(scoring.metrics, scoring.clip_model, device, skipped) + list(scoring.scorers)
     score_images(records, out, spec.prompts, spec.methods[0].label, scorers)
@@ -187,8 +187,7 @@ def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring 
                 device)
     else:
         skipped["fid"] = "not requested"
-    write_config(out, spec)
-    _write_outputs(result, random_note)
+    _write_outputs(result, spec, random_note)
     state.wait_for_everyone()
     return result
 
@@ -207,12 +206,11 @@ def _notes(spec: CompareSpec, records: list[Any]) -> list[str]:
     return notes
 
 
-def _write_outputs(result: CompareResult, random_note: str | None) -> None:
-    """Grids, plot, metrics.json/.csv and reports; when the folder cannot be written any more, metrics.json goes
-    to a safe place and `SavedElsewhere` says where."""
-    from ..harness.errors import SavedElsewhere
-
+def _write_outputs(result: CompareResult, spec: CompareSpec, random_note: str | None) -> None:
+    """The folder's record, grids, plot, metrics.json/.csv and reports; when the folder cannot be written any
+    more, metrics.json goes to a safe place and `SavedElsewhere` says where."""
     try:
+        write_config(result.out_dir, spec)  # again: a run whose images were all reused may have lost its record
         grids = report.write_grids(result, random_note)
         try:
             plot = report.write_plot(result, random_note)

@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from PIL import Image, PngImagePlugin
 
+from ..harness.loading import about
 from ..harness.measure import installed, rotated, timed
 from ..harness.memory import MIB, peak_memory
 from ..harness.methods import Method
-from ..harness.output import atomic_write_text
+from ..harness.output import write_json
 from ..harness.processors import attention_level, level_grid
 from .results import ImageRecord
 from .spec import CompareError, CompareSpec
@@ -66,8 +67,8 @@ def check_output_dir(out_dir: Path, spec: CompareSpec, force: bool) -> None:
 
 def write_config(out_dir: Path, spec: CompareSpec) -> None:
     """Record the configuration of ``out_dir``."""
-    data = {"tool": "turbo-diffusion compare", "fingerprint": spec.fingerprint(), "configuration": spec.configuration()}
-    atomic_write_text(out_dir / CONFIG_FILE, json.dumps(data, indent=2, default=str) + "\n")
+    write_json(out_dir / CONFIG_FILE, {"tool": "turbo-diffusion compare", "fingerprint": spec.fingerprint(),
+                                       "configuration": spec.configuration()})
 
 
 def generation_size(pipe: Any, spec: CompareSpec) -> tuple[int, int]:
@@ -78,9 +79,11 @@ def generation_size(pipe: Any, spec: CompareSpec) -> tuple[int, int]:
 
 def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequence[int], force: bool = False,
              progress: bool = True, position: int = 0, random_note: str | None = None,
-             on_first_image: Callable[[], None] | None = None) -> list[ImageRecord]:
+             on_first_image: Callable[[], None] | None = None,
+             log: Callable[[str], None] | None = None) -> list[ImageRecord]:
     """Generate (or reuse) every image of ``prompt_indices`` x seeds x methods; return their records.
-    ``on_first_image`` is called once, just before the first new image is saved."""
+    ``on_first_image`` is called once, just before the first new image is saved; ``log`` with a line before the
+    warm-up and before the generations (with the time they are expected to take)."""
     from tqdm.auto import tqdm
 
     fingerprint = spec.fingerprint()
@@ -105,11 +108,19 @@ def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequen
     pipe.set_progress_bar_config(disable=True)
     device = _device_of(pipe)
     grid = level_grid(*generation_size(pipe, spec), attention_level(pipe.unet))
-    peaks = {}
-    for method in {m.label: m for *_, methods in todo for m in methods}.values():  # warm-up, one per method
+    say = log or (lambda _: None)
+    warm_steps = min(2, spec.steps)
+    timed_methods = {m.label: m for *_, methods in todo for m in methods}
+    say(f"warming up: one {warm_steps}-step generation for each of {len(timed_methods)} methods")
+    peaks, step_seconds = {}, {}
+    for method in timed_methods.values():
         with installed(pipe, method.at_grid(grid)), peak_memory(device) as peak:
-            _generate_one(pipe, spec, spec.texts[todo[0][0]], todo[0][1], min(2, spec.steps))
+            warm = partial(_generate_one, pipe, spec, spec.texts[todo[0][0]], todo[0][1], warm_steps)
+            step_seconds[method.label] = timed(warm, device)[1] / warm_steps
         peaks[method.label] = round(peak.total_mib * MIB)
+    expected = sum(step_seconds[m.label] * spec.steps for *_, methods in todo for m in methods)
+    say(f"generating {sum(len(m) for *_, m in todo)} images of {spec.steps} steps: expected about "
+        f"{about(expected)} (from the warm-up)")
     bar = tqdm(total=sum(len(m) for *_, m in todo), desc=f"compare[{position}]" if position else "compare",
                position=position, disable=not progress, unit="img")
     for number, (p, s, methods) in enumerate(todo):
