@@ -18,9 +18,10 @@ from PIL import Image
 
 from turbo_diffusion.cli import main
 from turbo_diffusion.compare import CompareError, MethodError, compare, parse_method, parse_methods, psnr, runner, ssim
+from turbo_diffusion.compare import prompts as prompts_module
 from turbo_diffusion.compare import report as compare_report
 from turbo_diffusion.compare.metrics import gaussian_window
-from turbo_diffusion.compare.prompts import load_prompts, presets
+from turbo_diffusion.compare.prompts import Preset, load_prompts, presets
 from turbo_diffusion.harness.errors import SavedElsewhere
 from turbo_diffusion.models import RANDOM_WEIGHTS_NOTE, load_pipeline
 
@@ -473,3 +474,24 @@ def test_a_report_that_cannot_be_written_is_saved_elsewhere_and_says_where(pipe,
         small(pipe, tmp_path / "out", metrics=())
     saved = Path(str(err.value).rsplit(" to ", 1)[1])
     assert json.loads(saved.read_text())["methods"][1]["method"] == "turbo@0.5"
+
+
+def prompt_length(image, reference, record):
+    """A scorer for the command-line test: the length of the prompt."""
+    return {"prompt_length": float(len(record["prompt"]))}
+
+
+def test_the_command_line_takes_custom_scorers_by_module_and_name(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    assert main(CLI_FAST + ["--max-prompts", "1", "--seeds", "0", "--methods", "turbo@0.5", "--skip-metrics",
+                            "lpips,clip_score,fid", "--scorer", "tests.test_compare:prompt_length", "--out", out]) == 0
+    assert "prompt_length" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        main(CLI_FAST + ["--scorer", "tests.test_compare:nosuch", "--out", out])
+    assert err.value.code == 2 and "--scorer tests.test_compare:nosuch: cannot import it" in capsys.readouterr().err
+
+
+def test_a_preset_may_carry_prompt_records(monkeypatch):
+    scenes = Preset("scenes", "records with metadata", ({"prompt": "a red circle", "scene_seed": 1}, "a square"))
+    monkeypatch.setattr(prompts_module, "presets", lambda: {"scenes": scenes})
+    assert load_prompts("scenes") == ([{"prompt": "a red circle", "scene_seed": 1}, {"prompt": "a square"}], scenes)

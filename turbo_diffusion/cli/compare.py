@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
 from typing import Any
 
 from ..compare.spec import DEFAULT_CLIP_MODEL, DEFAULT_METHODS, OPTIONAL_METRICS, make_spec
@@ -55,6 +57,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="folder of reference images for FID (default: the baseline's images)")
     parser.add_argument("--fid-weights", default=None, metavar="PATH",
                         help="local InceptionV3 weights for FID (torch-fidelity's pt_inception-2015-12-05 file)")
+    parser.add_argument("--scorer", action="append", default=[], metavar="MODULE:NAME",
+                        help="a custom scorer, scorer(image, baseline_image, prompt_record) -> {name: number}, "
+                             "imported from MODULE (repeatable)")
     add_progress(parser)
     parser.set_defaults(func=run)
     return parser
@@ -75,16 +80,31 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     make_spec(args.model, **settings)  # every setting checked before anything heavy is imported
     check_writable(args.out, "--out", folder=True)
+    for name in args.scorer:
+        if not re.fullmatch(r"[\w.]+:\w+", name):
+            raise UsageError(f"--scorer {name!r}: write MODULE:NAME, e.g. mypackage.scoring:scene_iou")
     stage("compare", "importing torch, diffusers and transformers")
     from ..compare.api import compare
 
     result = compare(args.model, **settings, out_dir=args.out, force=args.force,
                      metrics=[m for m in OPTIONAL_METRICS if m not in skip], clip_model=args.clip_model,
                      fid_reference=args.fid_reference, fid_weights=args.fid_weights, progress=not args.no_progress,
-                     device=args.device, log=lambda line: stage("compare", line))
+                     device=args.device, log=lambda line: stage("compare", line),
+                     scorers=[_import_scorer(name) for name in args.scorer])
     if result is not None:  # main process
         _print_summary(result)
     return 0
+
+
+def _import_scorer(name: str) -> Any:
+    module, _, attribute = name.partition(":")
+    try:
+        scorer = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise UsageError(f"--scorer {name}: cannot import it ({err})") from None
+    if not callable(scorer):
+        raise UsageError(f"--scorer {name}: not callable")
+    return scorer
 
 
 def _seeds(values: list[str] | None) -> list[int] | None:

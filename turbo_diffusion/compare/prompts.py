@@ -29,12 +29,13 @@ SMOKE_PROMPTS = (
 class Preset:
     """A named prompt set with the generation settings that go with it (``None``: the command's default).
 
-    ``scheduler="pndm"`` swaps in diffusers' ``PNDMScheduler`` with ``skip_prk_steps`` (the PLMS sampler).
+    ``prompts`` are texts or records with metadata. ``scheduler="pndm"`` swaps in diffusers' ``PNDMScheduler``
+    with ``skip_prk_steps`` (the PLMS sampler).
     """
 
     name: str
     description: str
-    prompts: tuple[str, ...]
+    prompts: tuple[str | Mapping[str, Any], ...]
     steps: int | None = None
     guidance: float | None = None
     height: int | None = None
@@ -74,7 +75,7 @@ def load_prompts(source: str | Sequence[str | Mapping[str, Any]]) -> tuple[list[
         preset = None
     elif source in presets():
         preset = presets()[source]
-        records = [{"prompt": prompt} for prompt in preset.prompts]
+        records = [_record(prompt, f"preset {source!r}, prompt {i}") for i, prompt in enumerate(preset.prompts)]
     elif os.path.isfile(source):
         records, preset = _read_file(source), None
     else:

@@ -114,7 +114,7 @@ class Method:
     def install(self, model: Any) -> None:
         """Switch ``model`` (a pipeline or a `UNet2DConditionModel`) to this method, in place."""
         if self.kind == "turbo":
-            from ..hooks import apply_turbo
+            from .. import apply_turbo
 
             apply_turbo(model, self.turbo_config)
         elif self.kind == "tome":
@@ -132,7 +132,7 @@ class Method:
     def uninstall(self, model: Any) -> None:
         """Put ``model`` back exactly as it was before `install` (the same processor objects)."""
         if self.kind == "turbo":
-            from ..hooks import remove_turbo
+            from .. import remove_turbo
 
             remove_turbo(model)
         elif self.kind == "tome":
@@ -149,7 +149,7 @@ class Method:
         """What the method does, JSON-ready, defaults filled in: the whole `TurboConfig`; tomesd's keywords and
         version; ToDo's mode and grids; the bound's token count."""
         if self.kind == "turbo":
-            return self.turbo_config.to_dict()
+            return dataclasses.asdict(self.turbo_config)
         if self.kind == "tome":
             import inspect
 
