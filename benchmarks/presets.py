@@ -1,7 +1,7 @@
 """Named `turbo-diffusion bench` runs: the recorded benchmarks, reproducible by name.
 
     python benchmarks/presets.py --list
-    python benchmarks/presets.py sd15-step                       # JSON + plot in out/bench/sd15-step.{json,png}
+    python benchmarks/presets.py sd15-step                       # JSON + plot in outputs/bench/sd15-step.{json,png}
     python benchmarks/presets.py sd15-step --device cuda --dtype float16 --repeats 10   # later options win
 
 Each preset is a list of `turbo-diffusion bench` options; anything after the name is appended, so it overrides
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in PRESETS:
         print(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}", file=sys.stderr)
         return 2
-    out = Path("out/bench")
+    out = Path("outputs/bench")
     out.mkdir(parents=True, exist_ok=True)
     options = [*PRESETS[name][1], "--json", str(out / f"{name}.json"), "--plot", str(out / f"{name}.png"), *extra]
     print(f"turbo-diffusion bench {shlex.join(options)}", flush=True)

@@ -1,15 +1,1 @@
-"""diffusers custom pipeline: `StableDiffusionPipeline` with Turbo token merging.
-
-Needs `pip install turbo-diffusion`.
-
-    pipe = DiffusionPipeline.from_pretrained(
-        model, custom_pipeline="pipelines/turbo_stable_diffusion.py", trust_remote_code=True,
-        turbo={"ratio": 0.5},  # optional: a TurboConfig or dict; default config when left out
-    )
-
-diffusers picks the one pipeline class this file exposes.
-"""
-
-from turbo_diffusion.pipelines import TurboStableDiffusionPipeline
-
-__all__ = ["TurboStableDiffusionPipeline"]
+../turbo_diffusion/community/turbo_stable_diffusion.py

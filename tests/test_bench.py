@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
+import sys
 import time
 from datetime import datetime
 
@@ -25,17 +27,20 @@ from turbo_diffusion.bench import (
     default_variant,
     parse_turbo_setting,
     peak_memory,
+    phase_breakdown,
+    run_bench,
     time_interleaved,
     todo_variant,
     tomesd_variant,
     turbo_variant,
     variant_breakdown,
 )
-from turbo_diffusion.bench.report import format_report, plot, read_json
+from turbo_diffusion.bench.report import format_report, plot, read_json, write_json
 from turbo_diffusion.bench.run import plan_variants
 from turbo_diffusion.bench.timing import generation_call, unet_step_call
 from turbo_diffusion.bench.variants import attention_level, level_grid
 from turbo_diffusion.cli import main
+from turbo_diffusion.harness.methods import parse_method
 from turbo_diffusion.models import load_pipeline
 
 from .conftest import run, tiny_sd15_unet, tiny_sdxl_unet, unet_args
@@ -226,7 +231,8 @@ def test_json_has_the_documented_keys(bench_run):
                                    "weights", "methods"}
     assert set(record["meta"]["versions"]) == {"turbo_diffusion", "diffusers", "torch", "transformers", "tomesd",
                                                "python"}
-    measure_keys = {"seconds", "min", "median", "max", "speedup", "of_bound", "peak_mib", "peak_total_mib"}
+    measure_keys = {"seconds", "min", "median", "max", "spread", "noisy", "speedup", "of_bound", "peak_mib",
+                    "peak_total_mib", "compile_s", "recompiles"}
     for row in record["rows"]:
         assert set(row) == {"height", "width", "batch", "level", "grid", "variant", "series", "family", "ratio",
                             "settings", "step", "generation", "profile"}
@@ -325,7 +331,7 @@ BAD_ARGUMENTS = [
     (["--batches", "0"], "batch must be"),
     (["--repeats", "0"], "repeats must be"),
     (["--model", "nope"], "unknown model"),
-    (["--json", "/nonexistent-folder/run.json"], "does not exist"),
+    (["--json", "/proc/nonexistent-folder/run.json"], "cannot write in /proc/nonexistent-folder"),
 ]
 
 
@@ -349,5 +355,80 @@ def test_cuda_without_cuda_is_a_usage_error(capsys):
 def test_a_folder_without_a_pipeline_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--model", str(tmp_path), "--no-progress"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.count("\n") == 1 and "cannot load model" in err
+    err = capsys.readouterr().err.splitlines()  # stage messages, then the error
+    assert exit_info.value.code == 2 and "cannot load model" in err[-1]
+    assert [line for line in err if "error" in line] == err[-1:] and "Traceback" not in "".join(err)
+
+
+# -- one grammar, compile, noise, profiler chatter ---------------------------------------------------------------
+def test_every_name_bench_prints_parses_back_to_its_method():
+    spec = BenchSpec(model="tiny", ratios=(0.5, 0.7), turbo=("semantic=none,alpha=0",), todo_mode="avg")
+    for planned in plan_variants(spec)[0]:
+        name = Variant.of(planned.method, planned.series).name
+        pinned = {k: v for k, v in planned.method.options.items() if k != "backend"}  # bench pins the kernel
+        assert (parse_method(name).kind, parse_method(name).ratio, parse_method(name).options) == (
+            planned.method.kind, planned.ratio, pinned), name
+
+
+def test_bench_runs_the_methods_written_in_the_grammar():
+    spec = BenchSpec(model="tiny", sizes=((32, 32),), methods=("tomesd@0.5", "todo@0.5:mode=avg", "bound@0.5"),
+                     repeats=1, profile=False)
+    result = run_bench(spec)
+    assert [row["variant"] for row in result.rows] == ["default", "tomesd@0.5", "todo-avg@0.5", "bound@0.5"]
+    assert "--methods tomesd@0.5 todo@0.5:mode=avg bound@0.5" in result.meta["command"]
+
+
+def test_methods_and_ratios_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--model", "tiny", "--methods", "turbo@0.5", "--ratios", "0.7"])
+    assert exit_info.value.code == 2 and "either --methods or --ratios" in capsys.readouterr().err
+
+
+def test_compile_times_compilation_apart_from_the_steps_on_the_tiny_model():
+    spec = BenchSpec(model="tiny", sizes=((32, 32),), methods=("bound@0.5",), repeats=2, profile=False,
+                     compile="eager")
+    result = run_bench(spec)
+    for row in result.rows:
+        assert row["step"]["compile_s"] > 0 and row["step"]["recompiles"] == 0, row["variant"]
+        assert row["step"]["min"] < row["step"]["compile_s"]
+    assert "| compile s |" in format_report(result) and "--compile eager" in result.meta["command"]
+
+
+def test_noisy_rows_are_flagged_with_how_to_get_a_clean_number(bench_run):
+    _, _, png = bench_run
+    result = read_json(png.with_suffix(".json"))
+    for row in result.rows:  # a quiet run, but for one row
+        for measure in ("step", "generation"):
+            row[measure] |= {"max": row[measure]["min"], "spread": 1.0, "noisy": False}
+    turbo = result.rows[1]
+    turbo["step"] |= {"max": turbo["step"]["min"] * 6, "spread": 6.0, "noisy": True}
+    report = format_report(result)
+    assert re.search(r"\| turbo \| 0.5 \|.*\| 6\.00x noisy \|", report)
+    assert "warning: noisy: turbo@0.5 (step): " in report and "--repeats 10" in report
+
+
+def test_profiler_chatter_stays_off_stderr_and_other_output_passes(capfd):
+    def call():
+        torch.ones(8).sum()
+        print("kept", file=sys.stderr, flush=True)
+
+    phase_breakdown(call, torch.device("cpu"))
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "profiler_stop" not in err and "kept" in err
+
+
+def test_bench_says_what_it_does_before_the_long_work(capsys):
+    assert main(["bench", "--model", "tiny", "--sizes", "32", "--methods", "bound@0.5", "--repeats", "1",
+                 "--no-profile", "--no-progress"]) == 0
+    stages = [line for line in capsys.readouterr().err.splitlines() if line.startswith("turbo-diffusion bench: ")]
+    assert stages == ["turbo-diffusion bench: importing torch, diffusers and transformers",
+                      "turbo-diffusion bench: building tiny (random weights; about 1 s on a 2-core CPU); then every "
+                      "variant is primed, warmed up and timed"]
+
+
+def test_bench_json_writes_infinity_as_a_string_as_compare_does(bench_run, tmp_path):
+    _, _, png = bench_run
+    result = read_json(png.with_suffix(".json"))
+    result.rows[0]["step"]["of_bound"] = math.inf
+    write_json(result, tmp_path / "run.json")
+    assert json.loads((tmp_path / "run.json").read_text())["rows"][0]["step"]["of_bound"] == "inf"

@@ -1,5 +1,12 @@
 """The ``turbo-diffusion`` command, end to end on the tiny model."""
 
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -58,3 +65,124 @@ def test_no_subcommand_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([])
     assert exit_info.value.code == 2
+
+
+# ---- first run: nothing silent, nothing lost, nothing left behind (issue 13) ------------------------------------
+HEAVY = ("torch", "diffusers", "transformers")
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``turbo-diffusion ARGS`` in a fresh process, offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "turbo_diffusion.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def test_help_and_argument_errors_import_no_heavy_package(tmp_path):
+    calls = [["--help"], ["generate", "--help"], ["bench", "--help"], ["compare", "--help"],
+             ["generate", "x", "--ratio", "1.5"], ["generate", "x", "--ratio", "abc"], ["bench", "--ratios", "1.5"],
+             ["bench", "--methods", "todo@0"], ["compare", "--model", "tiny", "--methods", "turbo@1.5"],
+             ["generate", "x", "--out", "/proc/nope/x.png"], ["compare", "--model", "nosuch", "--out", "c"]]
+    script = (f"import sys\nfrom turbo_diffusion.cli import main\nfor argv in {calls!r}:\n"
+              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+              f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["generate", "a cat", "--out", "/proc/nope/x.png"], "--out /proc/nope/x.png: cannot write in /proc/nope"),
+    (["generate", "a cat", "--out", "/etc/hostname/x.png"], "/etc/hostname is a file, not a folder"),
+    (["compare", "--model", "tiny", "--out", "/proc/nope"], "--out /proc/nope: cannot write in /proc/nope"),
+    (["bench", "--model", "tiny", "--plot", "/proc/nope/x.png"], "--plot /proc/nope/x.png: cannot write"),
+])
+def test_an_unwritable_output_is_refused_before_any_work_in_one_line(tmp_path, args, message):
+    done = cli(*args, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_argument_error_is_one_line_without_the_usage_block():
+    done = cli("generate", "a cat", "--ratio", "abc", timeout=120)
+    assert done.returncode == 2 and "usage:" not in done.stderr
+    assert done.stderr == ("turbo-diffusion generate: error: argument --ratio: invalid float value: 'abc' "
+                           "(see turbo-diffusion generate --help)\n")
+
+
+def test_a_failed_compare_leaves_nothing_and_its_corrected_rerun_goes_ahead(tmp_path, capsys):
+    done = cli("compare", "--model", "nosuch", "--out", "c6", cwd=tmp_path)  # refused by name, at once
+    assert done.returncode == 2 and done.stderr.startswith("turbo-diffusion compare: error: unknown model 'nosuch'")
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    out = str(tmp_path / "c6")
+    with pytest.raises(SystemExit) as exit_info:  # refused when loading
+        main(["compare", "--model", str(empty), "--out", out])
+    assert exit_info.value.code == 2 and "cannot load model" in capsys.readouterr().err.splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-model"]
+    assert main(["compare", "--model", "tiny", "--steps", "1", "--height", "64", "--width", "64", "--max-prompts",
+                 "1", "--skip-metrics", "lpips,clip_score,fid", "--no-progress", "--out", out]) == 0
+    assert (Path(out) / "report.html").exists()
+
+
+def test_generate_says_what_it_does_and_writes_to_outputs_by_default(tmp_path):
+    done = cli("generate", "a red cat", "--model", "tiny", "--steps", "2", "--height", "64", "--width", "64",
+               "--baseline", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stages = [line for line in done.stderr.splitlines() if line.startswith("turbo-diffusion generate: ")]
+    assert [line.split(": ", 1)[1].split(" ")[0] for line in stages] == ["importing", "building", "warming",
+                                                                          "generating"]
+    assert "about 1 s" in stages[1] and re.search(r"expected about \d+ (s|min)", stages[3])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "outputs", "outputs/turbo.baseline.png", "outputs/turbo.png"]
+
+
+def test_outputs_are_ignored_by_git():
+    ignored = (Path(__file__).parents[1] / ".gitignore").read_text().splitlines()
+    assert "/outputs/" in ignored
+
+
+def test_a_late_write_failure_saves_the_image_elsewhere_and_says_where(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "gone" / "cat.png"
+    original = Image.Image.save
+
+    def save(image, path, *args, **kwargs):
+        if Path(path) == target:
+            raise PermissionError(13, "Permission denied")
+        return original(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    (tmp_path / "safe").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "safe"))
+    code = main(["generate", "a red cat", "--model", "tiny", "--steps", "1", "--height", "64", "--width", "64",
+                 "--out", str(target), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"could not write {target} (Permission denied); saved the image to" in err
+    saved = list((tmp_path / "safe" / "turbo-diffusion").glob("*-cat.png"))
+    assert len(saved) == 1 and str(saved[0]) in err and not target.exists()
+
+
+def test_pipelines_path_prints_the_files_shipped_in_the_package():
+    done = subprocess.run([sys.executable, "-m", "turbo_diffusion.pipelines_path"], capture_output=True, text=True,
+                          timeout=120)
+    paths = [Path(line.split("  ")[0]) for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and len(paths) == 3
+    assert all(p.is_file() and p.parent.name == "community" and p.parent.parent.name == "turbo_diffusion"
+               for p in paths)
+
+
+@pytest.mark.parametrize("command", [["generate", "a cat"], ["bench"], ["compare", "--model", "tiny"]])
+def test_every_subcommand_takes_the_same_flags_for_the_same_things(command):
+    from turbo_diffusion.cli import build_parser
+
+    for spelling in ("--guidance", "--guidance-scale"):
+        args = build_parser().parse_args([*command, spelling, "2", "--device", "cpu", "--dtype", "float32",
+                                          "--no-progress", "--model", "tiny"])
+        assert vars(args).get("guidance", vars(args).get("guidance_scale")) == 2.0
+        assert (args.device, args.dtype, args.no_progress) == ("cpu", "float32", True)
+
+
+def test_files_go_to_the_outputs_folder_by_default():
+    from turbo_diffusion.cli import build_parser
+
+    assert build_parser().parse_args(["generate", "a cat"]).out == "outputs/turbo.png"
+    assert build_parser().parse_args(["compare", "--model", "tiny"]).out == "outputs/compare"

@@ -7,6 +7,8 @@ import csv
 import importlib.util
 import json
 import math
+import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,11 @@ from PIL import Image
 
 from turbo_diffusion.cli import main
 from turbo_diffusion.compare import CompareError, MethodError, compare, parse_method, parse_methods, psnr, runner, ssim
+from turbo_diffusion.compare import prompts as prompts_module
+from turbo_diffusion.compare import report as compare_report
 from turbo_diffusion.compare.metrics import gaussian_window
-from turbo_diffusion.compare.prompts import presets
+from turbo_diffusion.compare.prompts import Preset, load_prompts, presets
+from turbo_diffusion.harness.errors import SavedElsewhere
 from turbo_diffusion.models import RANDOM_WEIGHTS_NOTE, load_pipeline
 
 SIZE = 64
@@ -366,3 +371,127 @@ def test_cli_writes_the_report_and_refuses_another_configuration(tmp_path, capsy
     with pytest.raises(SystemExit) as err:
         main(args[:-2] + ["--guidance", "2", "--out", out])
     assert err.value.code == 2 and "--force" in capsys.readouterr().err
+
+
+# ---- every method, scorers, prompt records, memory, resumability ---------------------------------------------
+
+
+def test_compare_runs_todo_and_the_bound(pipe, tmp_path):
+    result = small(pipe, tmp_path, methods="baseline,todo@0.5,bound@0.5", metrics=())
+    assert [m.method for m in result.methods] == ["baseline", "todo@0.5", "bound@0.5"]
+    assert math.isfinite(result.method("todo@0.5").psnr) and result.method("todo@0.5").identical == 0
+    assert any("bound@0.5" in note and "meaningless" in note for note in result.notes)
+
+
+def test_compare_takes_the_old_spellings_of_methods(pipe, tmp_path):
+    result = small(pipe, tmp_path, methods="default,tomesd@0.5", metrics=())
+    assert [(m.method, m.kind) for m in result.methods] == [("default", "baseline"), ("tomesd@0.5", "tome")]
+
+
+def test_a_custom_scorer_sees_the_prompt_record_and_is_averaged_per_method(pipe, tmp_path):
+    seen = []
+
+    def scene(image, reference, record):
+        seen.append((record["prompt"], record["scene_seed"], image is reference))
+        return {"scene_match": float(record["scene_seed"])}
+
+    prompts = [{"prompt": "a red circle", "scene_seed": 3}, {"prompt": "a blue square", "scene_seed": 5}]
+    result = small(pipe, tmp_path, prompts=prompts, metrics=(), scorers=[scene])
+    assert sorted(seen) == [("a blue square", 5, False), ("a blue square", 5, True),
+                            ("a red circle", 3, False), ("a red circle", 3, True)]
+    assert result.method("turbo@0.5").scores["scene_match"] == 4.0
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert data["methods"][1]["scene_match"] == 4.0 and data["images"][0]["scene_match"] == 3.0
+    assert data["configuration"]["prompts"] == prompts
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert [row["scene_match"] for row in csv.DictReader(f)] == ["4.0000", "4.0000"]
+    assert "scene_match" in (tmp_path / "report.md").read_text()
+
+
+def test_a_scorer_returning_nan_is_an_error(pipe, tmp_path):
+    def broken(image, reference, record):
+        return {"x": math.nan}
+
+    with pytest.raises(ValueError, match="scorer broken returned NaN for 'x'"):
+        small(pipe, tmp_path, metrics=(), scorers=[broken])
+
+
+def test_jsonl_prompt_records_keep_their_metadata_and_bad_lines_are_named(tmp_path):
+    good = tmp_path / "set.jsonl"
+    good.write_text('{"prompt": "a red circle", "scene_seed": 7}\n\n{"prompt": "a square"}\n')
+    assert load_prompts(str(good))[0] == [{"prompt": "a red circle", "scene_seed": 7}, {"prompt": "a square"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"scene_seed": 1}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl', line 2: a prompt record needs a non-empty \"prompt\""):
+        load_prompts(str(bad))
+
+
+def test_peak_memory_is_measured_on_the_cpu_too(pipe, tmp_path):
+    result = small(pipe, tmp_path, metrics=())
+    assert all(r.peak_memory_bytes > 0 for r in result.images)
+    assert all(m.peak_memory_bytes > 0 for m in result.methods)
+
+
+def test_a_record_left_without_images_does_not_block_the_next_run(pipe, tmp_path, count_generations):
+    (tmp_path / runner.CONFIG_FILE).write_text(json.dumps({"fingerprint": "another run", "configuration": {}}))
+    small(pipe, tmp_path, metrics=())
+    assert len(count_generations) == 4
+    assert json.loads((tmp_path / runner.CONFIG_FILE).read_text())["fingerprint"] != "another run"
+
+
+def test_report_html_shows_code_and_the_size_in_pixels(full):
+    text = (full.out_dir / "report.html").read_text()
+    assert "<code>turbo-diffusion bench</code>" in text and "`" not in text
+    assert f"{SIZE}x{SIZE} px" in text and "default size" not in text
+
+
+def test_the_readme_image_path_pattern_matches_what_compare_writes(full):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    pattern = re.search(r"`(images/[^`]+\.png)`", readme).group(1)
+    fields = {"method slug": r"[A-Za-z0-9.=_-]+", "index": r"\d{4,}", "prompt words": r"[a-z0-9-]+", "seed": r"\d+"}
+    pieces = re.split(r"<([^>]+)>", pattern)  # literal, field, literal, field, ...
+    regex = "".join(fields[p] if i % 2 else re.escape(p) for i, p in enumerate(pieces))
+    assert all(re.fullmatch(regex, r.path) for r in full.images), (pattern, full.images[0].path)
+
+
+def test_compare_says_what_it_does_with_the_time_it_expects(pipe, tmp_path):
+    lines = []
+    small(pipe, tmp_path, metrics=(), log=lines.append)
+    assert lines[0] == "warming up: one 2-step generation for each of 2 methods"
+    assert re.fullmatch(r"generating 2 images of 2 steps: expected about \d+ (s|min) \(from the warm-up\)", lines[1])
+    assert lines[2] == "scoring 2 images"
+
+
+def test_a_report_that_cannot_be_written_is_saved_elsewhere_and_says_where(pipe, tmp_path, monkeypatch):
+    def refuse(*args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(compare_report, "write_grids", refuse)
+    (tmp_path / "safe").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "safe"))
+    with pytest.raises(SavedElsewhere, match=r"could not write the report in .* \(Permission denied\); saved "
+                                             r"metrics.json to .*safe/turbo-diffusion/.*-metrics.json") as err:
+        small(pipe, tmp_path / "out", metrics=())
+    saved = Path(str(err.value).rsplit(" to ", 1)[1])
+    assert json.loads(saved.read_text())["methods"][1]["method"] == "turbo@0.5"
+
+
+def prompt_length(image, reference, record):
+    """A scorer for the command-line test: the length of the prompt."""
+    return {"prompt_length": float(len(record["prompt"]))}
+
+
+def test_the_command_line_takes_custom_scorers_by_module_and_name(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    assert main(CLI_FAST + ["--max-prompts", "1", "--seeds", "0", "--methods", "turbo@0.5", "--skip-metrics",
+                            "lpips,clip_score,fid", "--scorer", "tests.test_compare:prompt_length", "--out", out]) == 0
+    assert "prompt_length" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        main(CLI_FAST + ["--scorer", "tests.test_compare:nosuch", "--out", out])
+    assert err.value.code == 2 and "--scorer tests.test_compare:nosuch: cannot import it" in capsys.readouterr().err
+
+
+def test_a_preset_may_carry_prompt_records(monkeypatch):
+    scenes = Preset("scenes", "records with metadata", ({"prompt": "a red circle", "scene_seed": 1}, "a square"))
+    monkeypatch.setattr(prompts_module, "presets", lambda: {"scenes": scenes})
+    assert load_prompts("scenes") == ([{"prompt": "a red circle", "scene_seed": 1}, {"prompt": "a square"}], scenes)

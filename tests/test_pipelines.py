@@ -29,6 +29,7 @@ from turbo_diffusion import (
     apply_turbo,
     remove_turbo,
 )
+from turbo_diffusion.community import pipeline_file
 from turbo_diffusion.hooks import _UNET_HOOK
 from turbo_diffusion.models import _accepted, tiny_components
 
@@ -170,6 +171,14 @@ def test_custom_pipeline_file_loads_a_turbo_pipeline(tmp_path, file, base_cls, x
     pipe.set_progress_bar_config(disable=True)
     assert type(pipe).__name__ == turbo_name and pipe.turbo_config.ratio == 0.4
     assert np.isfinite(generate(pipe)).all()
+
+
+def test_a_pipeline_file_shipped_in_the_package_loads_from_any_directory(tmp_path, monkeypatch):
+    build(StableDiffusionPipeline).save_pretrained(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)  # not the repository: "pipelines/..." would be read as a Hub id here
+    pipe = DiffusionPipeline.from_pretrained("model", custom_pipeline=pipeline_file("turbo_stable_diffusion"),
+                                             trust_remote_code=True, turbo={"ratio": 0.4})
+    assert type(pipe).__name__ == "TurboStableDiffusionPipeline" and pipe.turbo_config.ratio == 0.4
 
 
 def test_from_pipe_reuses_components_and_installs_turbo():

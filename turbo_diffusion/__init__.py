@@ -3,26 +3,22 @@
     from turbo_diffusion import apply_turbo
     apply_turbo(pipe, ratio=0.5)        # or pipe.unet.set_attn_processor(TurboProcessor(ratio=0.5))
 
-The Turbo pipeline classes are imported on first use, so ``import turbo_diffusion`` stays light.
+Everything but `TurboConfig` is imported on first use, so ``import turbo_diffusion`` (and the command line's
+``--help`` and argument checks) does not import torch, diffusers or transformers.
 """
 
-from typing import Any
-
+from ._lazy import lazy_exports
 from .config import TurboConfig
-from .hooks import apply_turbo, remove_turbo, turbo_config_of
-from .processor import TurboProcessor
 
 __version__ = "0.1.0"
 
 _PIPELINES = ("TurboStableDiffusionPipeline", "TurboStableDiffusionImg2ImgPipeline", "TurboStableDiffusionXLPipeline")
+_EXPORTS = {
+    **dict.fromkeys(["apply_turbo", "remove_turbo", "turbo_config_of"], ".hooks"),
+    "TurboProcessor": ".processor",
+    **dict.fromkeys(_PIPELINES, ".pipelines"),
+}
 
 __all__ = ["TurboConfig", "TurboProcessor", "apply_turbo", "remove_turbo", "turbo_config_of", "__version__",
            *_PIPELINES]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PIPELINES:
-        from . import pipelines
-
-        return getattr(pipelines, name)
-    raise AttributeError(f"module 'turbo_diffusion' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -21,6 +21,7 @@ import os
 import tempfile
 from typing import Any
 
+import diffusers
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -33,12 +34,11 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .archs import unet_config
+from .model_names import RANDOM_WEIGHT_MODELS, RANDOM_WEIGHTS_NOTE, SHAPES_FOLDER, TRAINED_MODELS, check_model_name  # noqa: F401 (re-exported)
 
-RANDOM_WEIGHT_MODELS = ("tiny", "tiny-xl", "sd15-arch", "sd21-arch", "sdxl-arch")
-TRAINED_MODELS = ("shapes",)
-SHAPES_FOLDER = os.path.join(os.path.dirname(__file__), "shapes", "weights")
-RANDOM_WEIGHTS_NOTE = "random weights: the image is noise; only its time and memory mean something"
 _RANDOM_FLAG = "_turbo_random_weights"
+# diffusers 0.42 renamed from_pretrained's torch_dtype to dtype (the old name warns); 0.35 knows only torch_dtype.
+_DTYPE_KEYWORD = "dtype" if tuple(int(p) for p in diffusers.__version__.split(".")[:2]) >= (0, 42) else "torch_dtype"
 
 # Published text-encoder shapes: CLIP ViT-L/14 (SD 1.x, SDXL's first), OpenCLIP ViT-H/14 (SD 2.x), ViT-bigG/14.
 _CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -190,18 +190,16 @@ def load_pipeline(
             pipe = pipe.to(dtype=torch_dtype)
         setattr(pipe, _RANDOM_FLAG, True)
         return pipe
+    check_model_name(model)
     if model == "shapes":
         if not os.path.isfile(os.path.join(SHAPES_FOLDER, "model_index.json")):
             raise ValueError(f"the shapes model's weights are missing from {SHAPES_FOLDER}; train them with "
                              "`turbo-diffusion train-shapes --out DIR` and pass --model DIR/pipeline")
         model = SHAPES_FOLDER
         pipeline_class = pipeline_class or StableDiffusionPipeline
-    elif not os.path.isdir(model) and "/" not in model:
-        raise ValueError(f"unknown model {model!r}: use one of {', '.join(RANDOM_WEIGHT_MODELS + TRAINED_MODELS)}, "
-                         "a local folder or a Hub id (owner/name)")
     cls = pipeline_class or DiffusionPipeline
     if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
+        kwargs[_DTYPE_KEYWORD] = torch_dtype
     return cls.from_pretrained(model, **kwargs)
 
 

@@ -10,11 +10,19 @@ distort them.
 On the CPU the times are the labels' wall-clock spans (``cpu_time_total``). On CUDA, where work is queued and the
 spans only measure the launch, they are the GPU time of the kernels launched inside each label
 (``device_time_total``), divided by the same for the whole call: shares of GPU busy time.
+
+The profiler's own C++ chatter (``SyncActivityProfilerHandler.cpp:52] profiler_start``), which would land in the
+progress bar, is filtered out of stderr (`quiet_profiler`); anything else written there still shows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +30,12 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from ..harness.measure import Installable, eager, installed, synchronize
 from ..processor import PROFILE_ATTENTION, PROFILE_MERGE, PROFILE_PLAN, PROFILE_RESTORE
-from .timing import installed, synchronize
-from .variants import Variant
 
 PHASES = {"plan": PROFILE_PLAN, "merge": PROFILE_MERGE, "attention": PROFILE_ATTENTION, "restore": PROFILE_RESTORE}
 WHOLE_CALL = "turbo_bench::call"
+_CHATTER = re.compile(r"(ActivityProfiler|ActivityProfilerController|profiler_(start|stop))")
 
 
 @dataclass
@@ -48,7 +56,7 @@ def phase_breakdown(call: Callable[[], Any], device: torch.device) -> Breakdown:
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     synchronize(device)
-    with torch.inference_mode(), profile(activities=activities) as prof:
+    with quiet_profiler(), eager(), torch.inference_mode(), profile(activities=activities) as prof:
         with record_function(WHOLE_CALL):
             call()
         synchronize(device)
@@ -64,7 +72,28 @@ def phase_breakdown(call: Callable[[], Any], device: torch.device) -> Breakdown:
     return Breakdown(shares, whole_us / 1000, clock)
 
 
-def variant_breakdown(model: Any, variant: Variant, call: Callable[[], Any], device: torch.device) -> Breakdown:
-    """`phase_breakdown` of ``call`` with ``variant`` installed on ``model``."""
+def variant_breakdown(model: Any, variant: Installable, call: Callable[[], Any], device: torch.device) -> Breakdown:
+    """`phase_breakdown` of ``call`` with ``variant`` installed on ``model`` (run eagerly under ``--compile``,
+    where the profiler's labels would not survive compilation)."""
     with installed(model, variant):
         return phase_breakdown(call, device)
+
+
+@contextmanager
+def quiet_profiler() -> Iterator[None]:
+    """Run the block with the process's stderr (file descriptor 2, where the profiler's C++ code prints) going to
+    a temporary file, then pass on every line but the profiler's start/stop chatter."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not _CHATTER.search(line)]
+            sys.stderr.write("".join(kept))

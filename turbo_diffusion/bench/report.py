@@ -1,4 +1,4 @@
-"""What a benchmark run reports: its environment, Markdown tables, JSON and a speed-up plot.
+"""What a benchmark run reports: Markdown tables, JSON and a speed-up plot.
 
 JSON (`write_json`, schema ``turbo-diffusion-bench/1``), top-level keys:
 
@@ -8,16 +8,22 @@ JSON (`write_json`, schema ``turbo-diffusion-bench/1``), top-level keys:
   working tree had changes, ``unknown`` outside git), ``versions`` (turbo_diffusion, diffusers, torch,
   transformers, tomesd or ``None``, python), ``command`` (an equivalent ``turbo-diffusion bench`` command with
   every option spelled out), ``invoked`` (the process's own command line), ``weights`` (``"random weights"`` for
-  built-in models, else ``"pretrained"``), ``methods`` (how speed-up, memory and the phase breakdown are measured).
+  built-in models, else ``"pretrained"``), ``methods`` (how speed-up, spread, memory, the phase breakdown and
+  compilation are measured).
 * ``spec``: the `BenchSpec` fields (sizes as ``[height, width]``).
 * ``notes``: variants skipped and why.
 * ``rows``: one per case and variant, with ``height``, ``width``, ``batch``, ``level`` (latent downsampling of the
   accelerated level), ``grid`` (its token rows and columns), ``variant`` (unique name, e.g. ``turbo@0.5``),
   ``series`` (the name without the ratio), ``family`` (default, turbo, tomesd, todo, bound), ``ratio``,
   ``settings``, ``step`` and ``generation`` (``None`` without ``--steps``), each with ``seconds`` (every timed call),
-  ``min``, ``median``, ``max`` (seconds), ``speedup`` (default's min / this min), ``of_bound`` (speed-up / the bound's
-  at the same ratio, ``None`` without one), ``peak_mib``, ``peak_total_mib``; and ``profile`` (Turbo only, else
-  ``None``): ``plan``, ``merge``, ``attention``, ``restore`` (shares of one profiled step), ``total_ms``, ``clock``.
+  ``min``, ``median``, ``max`` (seconds), ``spread`` (max / min), ``noisy`` (spread above ``NOISY_SPREAD``: the
+  machine was busy), ``speedup`` (default's min / this min), ``of_bound`` (speed-up / the bound's at the same ratio,
+  ``None`` without one), ``peak_mib``, ``peak_total_mib``, ``compile_s`` (seconds of the compiling call) and
+  ``recompiles`` (timed calls that compiled again; both ``None`` without ``--compile``); and ``profile`` (Turbo only,
+  else ``None``): ``plan``, ``merge``, ``attention``, ``restore`` (shares of one profiled step), ``total_ms``,
+  ``clock``.
+
+Non-finite numbers are written as ``"inf"``/``"nan"`` (`turbo_diffusion.harness.output`).
 """
 
 from __future__ import annotations
@@ -25,134 +31,30 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import shlex
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..models import RANDOM_WEIGHTS_NOTE
-from .memory import CPU_METHOD, CUDA_METHOD
-from .run import BenchResult, BenchSpec
+from ..harness.measure import NOISY_SPREAD
+from ..harness.output import json_safe
+from ..harness.output import write_json as write_json_file
+from ..model_names import RANDOM_WEIGHTS_NOTE
+from .run import BenchResult
+from .spec import BenchSpec
 
 SCHEMA = "turbo-diffusion-bench/1"
-METHODS = {
-    "speedup": "default processor's minimum seconds / the variant's minimum, over interleaved repeats",
-    "of_bound": "variant's speed-up / the zero-overhead bound's speed-up at the same ratio",
-    "memory": "first warm-up call of each variant: " + CUDA_METHOD + " (CUDA); " + CPU_METHOD.format(ms=1) + " (CPU)",
-    "profile": "one extra torch.profiler step per Turbo variant: time inside the turbo::plan/merge/attention/restore "
-               "labels / time of the whole step (CPU wall clock; on CUDA, GPU time of the kernels launched inside)",
-}
-
-
-# -- environment ------------------------------------------------------------------------------------------------
-def environment(spec: BenchSpec, random_weights: bool, command: str | None = None) -> dict[str, Any]:
-    """The ``meta`` block of a run (keys in the module docstring). ``command`` defaults to `command_for`."""
-    device = torch.device(spec.device)
-    threads = torch.get_num_threads()
-    cpu = f"{cpu_model()}, {threads} torch thread{'s' if threads != 1 else ''} of {os.cpu_count()} logical CPUs"
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {
-        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": gpu or f"CPU {cpu}",
-        "cpu": cpu,
-        "gpu": gpu,
-        "commit": git_commit(),
-        "versions": {name: _version(name) for name in ("turbo_diffusion", "diffusers", "torch", "transformers",
-                                                       "tomesd")} | {"python": platform.python_version()},
-        "command": command or command_for(spec),
-        "invoked": invoked_command(),
-        "weights": "random weights" if random_weights else "pretrained",
-        "methods": METHODS,
-    }
-
-
-def invoked_command() -> str:
-    """This process's command line as typed: ``python -m turbo_diffusion.cli bench ...``, ``turbo-diffusion bench
-    ...``, ``python benchmarks/unet_step.py ...`` (or pytest's, in tests)."""
-    if not sys.argv or not sys.argv[0]:
-        return ""
-    program = sys.argv[0]
-    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if Path(program).name == "__main__.py" and main_spec is not None:
-        program = f"python -m {main_spec.name.removesuffix('.__main__')}"
-    elif program.endswith(".py"):
-        program = f"python {program}"
-    else:
-        program = Path(program).name
-    return " ".join([program, shlex.join(sys.argv[1:])]).strip()
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def git_commit() -> str:
-    """Short hash of the checkout this package runs from, ``+dirty`` if it has uncommitted changes."""
-    where = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def command_for(spec: BenchSpec, outputs: Sequence[str] = ()) -> str:
-    """A ``turbo-diffusion bench`` command that repeats ``spec``, every option spelled out (plus ``outputs``)."""
-    sizes = [str(h) if h == w else f"{h}x{w}" for h, w in spec.sizes]
-    args = ["turbo-diffusion", "bench", "--model", spec.model, "--sizes", *sizes,
-            "--batches", *map(str, spec.batches), "--ratios", *(f"{r:g}" for r in spec.ratios)]
-    for setting in spec.turbo:
-        args += ["--turbo", setting]
-    args += ["--variants", *spec.variants, "--todo-mode", spec.todo_mode, "--dtype", spec.dtype,
-             "--device", spec.device, "--repeats", str(spec.repeats), "--warmup", str(spec.warmup),
-             "--steps", str(spec.steps)]
-    if spec.steps:
-        args += ["--prompt", spec.prompt, "--guidance-scale", f"{spec.guidance_scale:g}"]
-    args += ["--seed", str(spec.seed)]
-    if not spec.profile:
-        args.append("--no-profile")
-    return shlex.join([*args, *outputs])
-
-
-def _version(name: str) -> str | None:
-    """The running module's ``__version__`` when it has been imported, else the installed distribution's."""
-    module = sys.modules.get(name)
-    if getattr(module, "__version__", None):
-        return str(module.__version__)
-    try:
-        return metadata.version(name.replace("_", "-"))
-    except metadata.PackageNotFoundError:
-        return None
 
 
 # -- JSON -------------------------------------------------------------------------------------------------------
 def to_json(result: BenchResult) -> dict[str, Any]:
-    """The run as a JSON-ready dict (keys in the module docstring); NaN and infinities become ``None``."""
-    record = {"schema": SCHEMA, "meta": result.meta, "spec": result.spec.to_dict(), "notes": result.notes,
-              "rows": result.rows}
-    return _finite(record)
+    """The run as a JSON-ready dict (keys in the module docstring; non-finite numbers as ``"inf"``/``"nan"``)."""
+    return json_safe({"schema": SCHEMA, "meta": result.meta, "spec": result.spec.to_dict(), "notes": result.notes,
+                      "rows": result.rows})
 
 
 def write_json(result: BenchResult, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(to_json(result), indent=1, allow_nan=False) + "\n")
+    write_json_file(path, to_json(result))
 
 
 def read_json(path: str | os.PathLike) -> BenchResult:
@@ -162,19 +64,10 @@ def read_json(path: str | os.PathLike) -> BenchResult:
         raise ValueError(f"{path}: schema {record.get('schema')!r} is not {SCHEMA!r}")
     spec = dict(record["spec"])
     spec["sizes"] = tuple(tuple(size) for size in spec["sizes"])
-    for key in ("batches", "ratios", "turbo", "variants"):
-        spec[key] = tuple(spec[key])
+    for key in ("batches", "ratios", "turbo", "variants", "methods"):
+        if key in spec:
+            spec[key] = tuple(spec[key])
     return BenchResult(BenchSpec(**spec), record["meta"], record["rows"], record["notes"])
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # -- tables -----------------------------------------------------------------------------------------------------
@@ -196,6 +89,12 @@ def _measure(key: str, fmt: Callable[[Any], str]) -> Callable[[dict[str, Any], s
     return lambda row, measure: "" if row[measure][key] is None else fmt(row[measure][key])
 
 
+def _spread(row: dict[str, Any], measure: str) -> str:
+    values = row[measure]
+    spread = values.get("spread") or values["max"] / values["min"]  # runs saved before spread was recorded
+    return f"{spread:.2f}x" + (" noisy" if spread > NOISY_SPREAD else "")
+
+
 def _phase(name: str) -> Callable[[dict[str, Any], str], str]:
     return lambda row, measure: _share(row["profile"][name]) if row["profile"] else ""
 
@@ -209,23 +108,29 @@ COLUMNS: dict[str, Callable[[dict[str, Any], str], str]] = {
     "min s": _measure("min", _seconds),
     "median s": _measure("median", _seconds),
     "max s": _measure("max", _seconds),
+    "spread": _spread,
     "speed-up": _measure("speedup", lambda v: f"{v:.3f}x"),
     "of bound": _measure("of_bound", _share),
     "peak MiB": _measure("peak_mib", lambda v: f"{v:.0f}"),
+    "compile s": lambda row, measure: _seconds(row[measure]["compile_s"]) if row[measure].get("compile_s") else "",
     "plan": _phase("plan"),
     "merge": _phase("merge"),
     "attention": _phase("attention"),
     "restore": _phase("restore"),
 }
-STEP_COLUMNS = tuple(COLUMNS)
-GENERATION_COLUMNS = ("px", "batch", "variant", "ratio", "min s", "median s", "max s", "speed-up", "of bound",
-                      "peak MiB")
+STEP_COLUMNS = tuple(c for c in COLUMNS if c != "compile s")
+GENERATION_COLUMNS = ("px", "batch", "variant", "ratio", "min s", "median s", "max s", "spread", "speed-up",
+                      "of bound", "peak MiB")
 
 
 def table(result: BenchResult, measure: str = "step", columns: Sequence[str] | None = None) -> str:
-    """A Markdown table of ``measure`` (``"step"`` or ``"generation"``), one line per case and variant."""
+    """A Markdown table of ``measure`` (``"step"`` or ``"generation"``), one line per case and variant; runs with
+    ``--compile`` get a ``compile s`` column after ``peak MiB``."""
     if columns is None:
         columns = STEP_COLUMNS if measure == "step" else GENERATION_COLUMNS
+        if result.spec.compile:
+            at = columns.index("peak MiB") + 1
+            columns = (*columns[:at], "compile s", *columns[at:])
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
         raise ValueError(f"unknown column(s) {unknown}; known: {list(COLUMNS)}")
@@ -262,7 +167,27 @@ def format_report(result: BenchResult) -> str:
                   "plan/merge/attention/restore: share of one profiled step · peak MiB: above memory held before"]
     if any(row["generation"] is not None for row in result.rows):
         parts += ["", f"### Whole generation, {result.spec.steps} steps", "", table(result, "generation")]
-    return "\n".join(parts)
+    return "\n".join(parts + warnings(result))
+
+
+def warnings(result: BenchResult) -> list[str]:
+    """Lines saying which numbers not to trust, and how to get clean ones."""
+    measured = [(row, m) for row in result.rows for m in ("step", "generation") if row[m] is not None]
+    noisy = [f"{row['variant']} ({m})" for row, m in measured
+             if row[m].get("noisy", row[m]["max"] / row[m]["min"] > NOISY_SPREAD)]
+    recompiled = [f"{row['variant']} ({m})" for row, m in measured if row[m].get("recompiles")]
+    lines = []
+    if noisy:
+        lines.append(f"noisy: {', '.join(noisy)}: slowest over fastest call above {NOISY_SPREAD:g}x, the machine was "
+                     "busy, so these speed-ups are not reliable. For a clean number, rerun with the machine otherwise "
+                     f"idle and more repeats (--repeats {max(10, 2 * result.spec.repeats)}): the minimum over more "
+                     "repeats is the least disturbed call.")
+    elif result.spec.repeats == 1:
+        lines.append("one repeat per variant: noise cannot be seen; use --repeats 3 or more.")
+    if recompiled:
+        lines.append(f"recompiled while timed: {', '.join(recompiled)}; their times include compilation "
+                     "(the method changes what torch.compile guards on at every install).")
+    return [""] + [f"warning: {line}" for line in lines] if lines else []
 
 
 # -- plot -------------------------------------------------------------------------------------------------------

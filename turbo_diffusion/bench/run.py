@@ -1,25 +1,24 @@
-"""One benchmark run: what to measure (`BenchSpec`), measuring it (`run_bench`), the numbers (`BenchResult`).
+"""One benchmark run: measuring a `BenchSpec` (`run_bench`) into a `BenchResult`.
 
 For every image size and UNet batch, all variants run interleaved on one model in one process: diffusers'
 default processor, then for each ratio Turbo (default config and each extra setting), tomesd, ToDo-style key/value
-downsampling and the zero-overhead bound. All of them attend with torch SDPA, as the default processor does (Turbo's
-``backend`` is pinned to ``"sdpa"`` unless a setting names another), so a speed-up measures token reduction, not a
-kernel change. Measured per variant:
+downsampling and the zero-overhead bound (or the spec's ``methods``). All of them attend with torch SDPA, as the
+default processor does (Turbo's ``backend`` is pinned to ``"sdpa"`` unless a setting names another), so a speed-up
+measures token reduction, not a kernel change. Measured per variant, with the protocol of
+`turbo_diffusion.harness.measure.time_interleaved`:
 
-* one UNet step: min, median and max seconds over the repeats, speed-up over the default processor (ratio of
-  minima) and share of the bound's speed-up at the same ratio (ratio of the two speed-ups);
+* one UNet step: min, median and max seconds over the repeats, their spread (max / min, flagged noisy above
+  ``NOISY_SPREAD``), speed-up over the default processor (ratio of minima) and share of the bound's speed-up at
+  the same ratio (ratio of the two speed-ups);
 * with ``steps > 0``, a whole generation of that many steps through the pipeline, the same way;
-* peak memory of the first warm-up call of each measure (`turbo_diffusion.bench.memory`);
+* peak memory of the first warm-up call of each measure (`turbo_diffusion.harness.memory`);
+* with ``compile``, the seconds of each variant's compiling call and the timed calls that compiled again;
 * for Turbo, the share of a step spent planning, merging, attending and restoring
   (`turbo_diffusion.bench.profile`), from one extra profiled step.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,108 +27,35 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 from ..archs import ARCHITECTURES, build_unet, unet_inputs
-from ..config import TurboConfig, parse_fields, split_top_level
-from ..models import RANDOM_WEIGHT_MODELS, load_pipeline, uses_random_weights
+from ..harness import environment as env
+from ..harness.loading import load_model as load_pipeline_model
+from ..harness.loading import resolve_device, resolve_dtype
+from ..harness.measure import NOISY_SPREAD, Progress, Timing, compile_module
+from ..harness.memory import CPU_METHOD, CUDA_METHOD
+from ..harness.methods import BASELINE, Method, make_method, parse_method, parse_methods
+from ..models import uses_random_weights
 from .profile import variant_breakdown
-from .timing import Progress, Timing, time_generations, time_variants, unet_step_call
-from .variants import (
-    TODO_MODES,
-    Variant,
-    attention_level,
-    bound_variant,
-    default_variant,
-    level_grid,
-    todo_variant,
-    tomesd_variant,
-    turbo_variant,
-    variant_name,
-)
+from .spec import BenchSpec, command_for, turbo_series
+from .timing import time_generations, time_variants, unet_step_call
+from .variants import FAMILIES as FAMILY_OF_KIND
+from .variants import Variant, attention_level, bench_series, level_grid, tomesd_variant, variant_name
 
-FAMILIES = ("turbo", "tomesd", "todo", "bound")
-DTYPES = ("float32", "float16", "bfloat16")
-DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon"
-
-
-@dataclass(frozen=True)
-class BenchSpec:
-    """What one run measures. `validate` checks it; every problem is a one-line ``ValueError``.
-
-    Attributes:
-        model: a built-in name (``sd15-arch``, ``sd21-arch``, ``sdxl-arch``: real architectures with random weights;
-            ``tiny``, ``tiny-xl`` for tests), a local folder or a Hub id.
-        sizes: image sizes ``(height, width)`` in pixels, multiples of 8. Larger sizes make attention, and so
-            merging, matter more.
-        batches: UNet batch sizes; 2 is one image with classifier-free guidance.
-        ratios: share of tokens removed at the accelerated level, each in ``(0, 1)``; every variant but the default
-            runs at each.
-        turbo: extra Turbo settings, each ``"field=value,..."`` of `TurboConfig` fields (values are Python literals,
-            bare words are strings); each runs at every ratio next to Turbo's default config.
-        variants: which of ``turbo``, ``tomesd``, ``todo``, ``bound`` to run (the default processor always runs).
-        todo_mode: ``"nearest"`` or ``"avg"`` pooling of the ToDo variant's keys and values.
-        dtype: ``float32``, ``float16`` or ``bfloat16``.
-        device: ``cpu``, ``cuda`` or ``cuda:N``.
-        repeats: timed calls per variant and measure; more makes the minima more reliable and the run longer.
-        warmup: untimed calls per variant before timing (at least 1; the first one measures memory).
-        steps: denoising steps of the whole-generation measure; 0 times UNet steps only.
-        prompt, guidance_scale, seed: of the generations (guidance applies to even batches), and the weights' seed.
-        profile: profile one extra step per Turbo variant for the phase breakdown.
-    """
-
-    model: str = "sd15-arch"
-    sizes: tuple[tuple[int, int], ...] = ((512, 512),)
-    batches: tuple[int, ...] = (1,)
-    ratios: tuple[float, ...] = (0.5,)
-    turbo: tuple[str, ...] = ()
-    variants: tuple[str, ...] = FAMILIES
-    todo_mode: str = "nearest"
-    dtype: str = "float32"
-    device: str = "cpu"
-    repeats: int = 3
-    warmup: int = 1
-    steps: int = 0
-    prompt: str = DEFAULT_PROMPT
-    guidance_scale: float = 7.5
-    seed: int = 0
-    profile: bool = True
-
-    def validate(self) -> BenchSpec:
-        """Raise ``ValueError`` (one line) for the first bad value; return ``self``."""
-        if not (self.model in RANDOM_WEIGHT_MODELS or os.path.isdir(self.model) or "/" in self.model):
-            raise ValueError(f"unknown model {self.model!r}: use one of {', '.join(RANDOM_WEIGHT_MODELS)}, "
-                             "a local folder or a Hub id (owner/name)")
-        for height, width in self.sizes:
-            if height < 8 or width < 8 or height % 8 or width % 8:
-                raise ValueError(f"image size {height}x{width}: height and width must be positive multiples of 8 "
-                                 "(latent = pixels / 8)")
-        _check_all("batch", self.batches, lambda b: isinstance(b, int) and b >= 1, "an integer >= 1")
-        _check_all("ratio", self.ratios, lambda r: isinstance(r, float | int) and 0 < r < 1, "a number in (0, 1)")
-        unknown = sorted(set(self.variants) - set(FAMILIES))
-        if unknown:
-            raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
-        if self.turbo and "turbo" not in self.variants:
-            raise ValueError("extra Turbo settings given but the turbo variant is not selected")
-        for spec in self.turbo:
-            parse_turbo_setting(spec)
-        if self.todo_mode not in TODO_MODES:
-            raise ValueError(f"todo mode must be one of {', '.join(TODO_MODES)}, got {self.todo_mode!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        _check_device(self.device)
-        _check_all("repeats", [self.repeats], lambda n: n >= 1, "at least 1")
-        _check_all("warmup", [self.warmup], lambda n: n >= 1, "at least 1 (the first warm-up call measures memory)")
-        _check_all("steps", [self.steps], lambda n: n >= 0, "0 (UNet steps only) or more")
-        _check_all("guidance scale", [self.guidance_scale], lambda g: math.isfinite(g) and g >= 0, "a number >= 0")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: [list(s) for s in v] if k == "sizes" else (list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(self).items()}
+METHODS = {
+    "speedup": "default processor's minimum seconds / the variant's minimum, over interleaved repeats",
+    "of_bound": "variant's speed-up / the zero-overhead bound's speed-up at the same ratio",
+    "spread": f"variant's maximum seconds / its minimum; above {NOISY_SPREAD:g} the measure is flagged noisy",
+    "memory": "first warm-up call of each variant: " + CUDA_METHOD + " (CUDA); " + CPU_METHOD.format(ms=1) + " (CPU)",
+    "profile": "one extra torch.profiler step per Turbo variant: time inside the turbo::plan/merge/attention/restore "
+               "labels / time of the whole step (CPU wall clock; on CUDA, GPU time of the kernels launched inside)",
+    "compile": "with --compile: seconds of each variant's first call after compiling (one per variant, before the "
+               "warm-up); recompiles: timed calls that compiled again (their times include compilation)",
+}
 
 
 @dataclass
 class BenchResult:
-    """A finished run: its spec, the environment it ran in (`report.environment`), one row per variant and case
-    (see `report` for the keys), and notes (variants skipped and why)."""
+    """A finished run: its spec, the environment it ran in (`environment`), one row per variant and case (see
+    `turbo_diffusion.bench.report` for the keys), and notes (variants skipped and why)."""
 
     spec: BenchSpec
     meta: dict[str, Any]
@@ -137,162 +63,132 @@ class BenchResult:
     notes: list[str] = field(default_factory=list)
 
 
-# -- Turbo settings ---------------------------------------------------------------------------------------------
-def parse_turbo_setting(spec: str) -> dict[str, Any]:
-    """``"semantic=none,alpha=0"`` -> ``{"semantic": "none", "alpha": 0}``, checked against `TurboConfig`.
-
-    Values are Python literals (``None``, ``0.5``, ``True``, ``'text'``); a bare word is a string. Field names
-    come from `TurboConfig` itself, so fields added later work unchanged. ``ratio`` is not allowed here: ratios
-    are the benchmark's axis. Raises ``ValueError`` with a one-line message.
-    """
-    try:
-        fields = parse_fields(spec)
-    except ValueError as err:
-        raise ValueError(f"Turbo setting {spec!r}: {err}") from None
-    if not fields:
-        raise ValueError(f"Turbo setting {spec!r} is empty")
-    known = {f.name for f in dataclasses.fields(TurboConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"Turbo setting {spec!r}: unknown field(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known - {'ratio'}))}")
-    if "ratio" in fields:
-        raise ValueError(f"Turbo setting {spec!r}: set ratios with --ratios, not in a Turbo setting")
-    try:
-        TurboConfig(**fields)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"Turbo setting {spec!r}: {err}") from None
-    return fields
+def environment(spec: BenchSpec, random_weights: bool, command: str | None = None) -> dict[str, Any]:
+    """The ``meta`` block of a run (`turbo_diffusion.harness.environment.environment` and how each number is
+    measured). ``command`` defaults to `command_for`."""
+    return env.environment(resolve_device(spec.device), random_weights, command or command_for(spec)) | {
+        "methods": METHODS}
 
 
-def turbo_series(spec: str) -> str:
-    """The label of an extra Turbo setting, e.g. ``"turbo[semantic=none,alpha=0]"`` (spaces removed)."""
-    items = [re.sub(r"\s+", "", item) for item in split_top_level(spec)]
-    return f"turbo[{','.join(items)}]"
-
-
-# -- the run ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PlannedVariant:
-    """A variant before the model is known: which family, its series label, ratio and Turbo fields."""
+    """A variant before the image size is known: its method and the series bench names it by."""
 
-    family: str
+    method: Method
     series: str
-    ratio: float | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return FAMILY_OF_KIND[self.method.kind]
+
+    @property
+    def ratio(self) -> float | None:
+        return self.method.ratio
 
 
 def plan_variants(spec: BenchSpec) -> tuple[list[PlannedVariant], list[str]]:
     """The variants ``spec`` asks for, in run order, and notes about any that cannot run (tomesd missing)."""
-    planned, notes = [PlannedVariant("default", "default")], []
-    tomesd_missing = "tomesd" in spec.variants and tomesd_variant(0.5) is None
-    if tomesd_missing:
-        notes.append("tomesd is not installed (pip install tomesd): its variant was skipped")
+    notes = []
+    if spec.methods:
+        methods = parse_methods(spec.methods)
+    else:
+        tomesd_missing = "tomesd" in spec.variants and tomesd_variant(0.5) is None
+        if tomesd_missing:
+            notes.append("tomesd is not installed (pip install tomesd): its variant was skipped")
+        methods = [BASELINE] + [m for ratio in spec.ratios for m in _family_methods(spec, ratio, tomesd_missing)]
     # Turbo's attention kernel is pinned to torch SDPA, the default processor's, so that on CUDA with xformers
-    # installed a speed-up is not a kernel comparison; a --turbo setting may still ask for backend=xformers.
-    kernel = {"backend": "sdpa"} if "backend" in {f.name for f in dataclasses.fields(TurboConfig)} else {}
-    settings = {"turbo": kernel}
-    for setting in spec.turbo:  # keyed by label: "alpha=0" and "alpha = 0" are one variant
-        settings.setdefault(turbo_series(setting), {**kernel, **parse_turbo_setting(setting)})
-    for ratio in spec.ratios:
-        if "turbo" in spec.variants:
-            planned += [PlannedVariant("turbo", series, ratio, fields) for series, fields in settings.items()]
-        if "tomesd" in spec.variants and not tomesd_missing:
-            planned.append(PlannedVariant("tomesd", "tomesd", ratio))
-        if "todo" in spec.variants:
-            planned.append(PlannedVariant("todo", f"todo-{spec.todo_mode}", ratio))
-        if "bound" in spec.variants:
-            planned.append(PlannedVariant("bound", "bound", ratio))
+    # installed a speed-up is not a kernel comparison; a setting may still ask for backend=xformers.
+    planned = [PlannedVariant(m.with_defaults(backend="sdpa") if m.kind == "turbo" else m, bench_series(m))
+               for m in methods]
     return planned, notes
+
+
+def _family_methods(spec: BenchSpec, ratio: float, tomesd_missing: bool) -> list[Method]:
+    """The methods of ``spec.variants`` at one ratio, Turbo's extra settings (keyed by label: ``alpha=0`` and
+    ``alpha = 0`` are one) labelled ``turbo[...]``."""
+    methods = []
+    if "turbo" in spec.variants:
+        settings: dict[str, str] = {}
+        for setting in spec.turbo:
+            settings.setdefault(turbo_series(setting), setting)
+        methods += [make_method("turbo", ratio)] + [parse_method(f"turbo@{ratio!r}:{s}") for s in settings.values()]
+    if "tomesd" in spec.variants and not tomesd_missing:
+        methods.append(make_method("tome", ratio))
+    if "todo" in spec.variants:
+        methods.append(make_method("todo", ratio, mode=spec.todo_mode))
+    if "bound" in spec.variants:
+        methods.append(make_method("bound", ratio))
+    return methods
 
 
 def build_variants(spec: BenchSpec, planned: list[PlannedVariant], grid: tuple[int, int]) -> list[Variant]:
     """Materialize ``planned`` for a case whose accelerated level has the token grid ``grid``."""
-    variants = []
-    for p in planned:
-        if p.family == "default":
-            variants.append(default_variant())
-        elif p.family == "turbo":
-            variants.append(turbo_variant(p.ratio, p.series, **p.fields))
-        elif p.family == "tomesd":
-            variants.append(tomesd_variant(p.ratio))
-        elif p.family == "todo":
-            variants.append(todo_variant(p.ratio, grid, spec.todo_mode))
-        else:
-            variants.append(bound_variant(p.ratio, grid[0] * grid[1]))
-    return variants
+    return [Variant.of(p.method.at_grid(grid), p.series) for p in planned]
 
 
 def planned_calls(spec: BenchSpec, planned: list[PlannedVariant]) -> int:
     """How many model calls ``run_bench`` makes (for a progress bar)."""
-    per_measure = 1 + len(planned) * (spec.warmup + spec.repeats)  # 1: the priming call
+    rounds = spec.warmup + spec.repeats + (1 if spec.compile else 0)
+    per_measure = 1 + len(planned) * rounds  # 1: the priming call
     profiled = sum(p.family == "turbo" for p in planned) if spec.profile else 0
     cases = len(spec.sizes) * len(spec.batches)
     return cases * (per_measure * (2 if spec.steps else 1) + profiled)
 
 
-class ModelLoadError(ValueError):
-    """The model named in a `BenchSpec` could not be loaded (missing folder, unreachable Hub, not a UNet pipeline)."""
-
-
 def load_model(spec: BenchSpec) -> tuple[DiffusionPipeline | None, UNet2DConditionModel, bool]:
     """The pipeline (``None`` when only UNet steps are timed on a built-in architecture: the UNet alone is built),
-    its UNet on ``spec.device`` in ``spec.dtype``, and whether the weights are random."""
-    dtype = getattr(torch, spec.dtype)
+    its UNet on ``spec.device`` in ``spec.dtype``, and whether the weights are random. Raises
+    `turbo_diffusion.harness.errors.ModelLoadError`."""
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
     if spec.steps == 0 and spec.model in ARCHITECTURES:
-        return None, build_unet(spec.model, seed=spec.seed, dtype=dtype).to(spec.device), True
-    try:
-        # float32 is what the built-in pipelines are made in; casting them to it again only makes diffusers warn.
-        pipe = load_pipeline(spec.model, torch_dtype=None if dtype == torch.float32 else dtype, seed=spec.seed)
-    except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"cannot load model {spec.model!r}: {first_line}") from err
-    if not isinstance(getattr(pipe, "unet", None), UNet2DConditionModel):
-        raise ModelLoadError(f"model {spec.model!r} has no UNet2DConditionModel (SD 1.x/2.x/SDXL) to benchmark")
-    pipe = pipe.to(spec.device)
+        return None, build_unet(spec.model, seed=spec.seed, dtype=getattr(torch, dtype)).to(device), True
+    pipe = load_pipeline_model(spec.model, dtype, device, spec.seed)
     return pipe, pipe.unet, uses_random_weights(pipe)
 
 
 def run_bench(
     spec: BenchSpec,
     progress: Progress | None = None,
-    environment: Callable[[BenchSpec, bool], dict[str, Any]] | None = None,
+    environment: Callable[[BenchSpec, bool], dict[str, Any]] = environment,
 ) -> BenchResult:
     """Measure everything ``spec`` asks for (see the module docstring).
 
     Args:
         spec: the run; validated here.
         progress: called with a short description after every model call (`planned_calls` of them).
-        environment: builds the result's ``meta`` from the spec and whether the weights are random; defaults to
-            `turbo_diffusion.bench.report.environment`.
+        environment: builds the result's ``meta`` from the spec and whether the weights are random.
     """
     spec.validate()
-    if environment is None:
-        from .report import environment
     planned, notes = plan_variants(spec)
     pipe, unet, random_weights = load_model(spec)
-    device, dtype = torch.device(spec.device), getattr(torch, spec.dtype)
+    device = unet.device
     level = attention_level(unet)
     if level > 1 and any(p.family == "tomesd" for p in planned):
         notes.append(f"tomesd runs at its defaults (max_downsample=1); this UNet's finest attention is at "
                      f"{level}x downsampling, so tomesd merges nothing here")
+    if spec.compile:
+        compile_module(unet, spec.compile)
+        notes.append(f"UNet compiled with torch.compile(backend={spec.compile!r}) after installing each variant; "
+                     "the profiled steps run eagerly")
     rows: list[dict[str, Any]] = []
     for height, width in spec.sizes:
         grid = level_grid(height, width, level)
         for batch in spec.batches:
             variants = build_variants(spec, planned, grid)
-            inputs = unet_inputs(unet, height, width, batch, dtype=dtype, device=device, seed=spec.seed)
-            step = time_variants(unet, inputs, variants, spec.repeats, spec.warmup, progress)
+            inputs = unet_inputs(unet, height, width, batch, dtype=unet.dtype, device=device, seed=spec.seed)
+            step = time_variants(unet, inputs, variants, spec.repeats, spec.warmup, progress,
+                                 compiled=bool(spec.compile))
             profiles = {}
-            if spec.profile:
-                for v in (v for v in variants if v.family == "turbo"):
-                    profiles[v.name] = variant_breakdown(unet, v, unet_step_call(unet, inputs), device).to_dict()
-                    if progress:
-                        progress(f"profile {v.name}")
+            for v in (v for v in variants if v.family == "turbo" and spec.profile):
+                profiles[v.name] = variant_breakdown(unet, v, unet_step_call(unet, inputs), device).to_dict()
+                if progress:
+                    progress(f"profile {v.name}")
             generation = None
             if spec.steps:
                 generation = time_generations(pipe, variants, height, width, batch, spec.steps, spec.prompt,
-                                              spec.guidance_scale, spec.seed, spec.repeats, spec.warmup, progress)
+                                              spec.guidance_scale, spec.seed, spec.repeats, spec.warmup, progress,
+                                              compiled=bool(spec.compile))
             rows += case_rows(height, width, batch, level, grid, variants, step, generation, profiles)
     return BenchResult(spec, environment(spec, random_weights), rows, notes)
 
@@ -315,35 +211,18 @@ def case_rows(
 
 
 def summarize(variant: Variant, timings: dict[str, Timing]) -> dict[str, Any]:
-    """Seconds, min/median/max, speed-up over the default (ratio of minima), share of the bound's speed-up at the
-    same ratio (``None`` when there is no bound at that ratio, and for the default itself) and peak memory."""
+    """Seconds, min/median/max, spread and whether it is noisy, speed-up over the default (ratio of minima), share
+    of the bound's speed-up at the same ratio (``None`` without a bound at that ratio, and for the default itself),
+    peak memory, and under ``--compile`` the compiling call's seconds and the recompiles while timing."""
     t = timings[variant.name]
-    speedup = timings["default"].best / t.best
+    default = timings[variant_name(FAMILY_OF_KIND["baseline"], None)]
+    speedup = default.best / t.best
     bound = timings.get(variant_name("bound", variant.ratio)) if variant.ratio is not None else None
-    of_bound = speedup / (timings["default"].best / bound.best) if bound is not None else None
     memory = t.memory
     return {
-        "seconds": t.seconds, "min": t.best, "median": t.median, "max": t.worst, "speedup": speedup,
-        "of_bound": of_bound,
+        "seconds": t.seconds, "min": t.best, "median": t.median, "max": t.worst, "spread": t.spread,
+        "noisy": t.noisy, "speedup": speedup,
+        "of_bound": speedup / (default.best / bound.best) if bound is not None else None,
         "peak_mib": memory.peak_mib if memory else None, "peak_total_mib": memory.total_mib if memory else None,
+        "compile_s": t.compile_seconds, "recompiles": t.recompiles,
     }
-
-
-def _check_all(what: str, values: Any, ok: Callable[[Any], bool], allowed: str) -> None:
-    for value in values:
-        if isinstance(value, bool) or not ok(value):
-            raise ValueError(f"{what} must be {allowed}, got {value!r}")
-
-
-def _check_device(device: str) -> None:
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but CUDA is not available in this torch build/machine")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif parsed.type != "cpu":
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")

@@ -1,40 +1,41 @@
 """The ``turbo-diffusion`` command: one entry point, one module per subcommand.
 
-Each subcommand module exposes ``add_parser(subparsers)``, which registers its arguments and sets
-``func=run`` on the parser. Bad arguments end in a one-line error and exit code 2, as argparse does.
+Each subcommand module exposes ``add_parser(subparsers)``, which registers its arguments and sets ``func=run``.
+Arguments are parsed and checked before torch, diffusers or transformers are imported, so ``--help`` and bad
+arguments answer at once. Every error ends the command in one line: exit code 2 for bad arguments and for runs
+that cannot go as asked (`turbo_diffusion.harness.errors.HarnessError`), 1 when a result had to be saved
+somewhere else than asked (the line says where).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 
 from .. import __version__
+from . import bench, compare, generate, train_shapes
+from .common import UsageError
 
-SUBCOMMANDS = ("generate", "bench", "compare", "train-shapes")
+__all__ = ["UsageError", "build_parser", "main"]
 
 
-class UsageError(Exception):
-    """A bad argument found after parsing (e.g. a ratio out of range): one line, exit code 2."""
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an argument error is one line (``turbo-diffusion generate: error: ...``), not the usage."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="turbo-diffusion",
         description="Turbo token merging for Stable Diffusion in diffusers: generate, benchmark, compare.",
     )
     parser.add_argument("--version", action="version", version=f"turbo-diffusion {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
-            continue  # subcommand not written yet
+    for module in (generate, bench, compare, train_shapes):
         module.add_parser(sub)
     return parser
 
@@ -46,10 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..harness.errors import HarnessError, SavedElsewhere
+
     try:
         return int(args.func(args) or 0)
-    except UsageError as err:
-        parser.exit(2, f"turbo-diffusion {args.command}: error: {err}\n")
+    except SavedElsewhere as err:
+        print(f"turbo-diffusion {args.command}: {err}", file=sys.stderr)
+        return 1
+    except (UsageError, HarnessError) as err:
+        parser.exit(2, f"turbo-diffusion {args.command}: error: {' '.join(str(err).split())}\n")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,22 +1,25 @@
 """``turbo-diffusion compare``: image quality and speed of each method against the unaccelerated baseline.
 
     turbo-diffusion compare --model path/to/sd15 --prompts smoke --seeds 0 1 \\
-        --methods baseline,turbo@0.3,turbo@0.5,tome@0.5 --out cmp
-    accelerate launch -m turbo_diffusion.cli compare --model path/to/sd15 --prompts paper --out paper-run
+        --methods baseline,turbo@0.3,turbo@0.5,tome@0.5,todo@0.5 --out outputs/cmp
+    accelerate launch -m turbo_diffusion.cli compare --model path/to/sd15 --prompts paper --out outputs/paper
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
+from typing import Any
 
-from . import UsageError
+from ..compare.spec import DEFAULT_CLIP_MODEL, DEFAULT_METHODS, OPTIONAL_METRICS, make_spec
+from ..harness.methods import SYNTAX
+from ..harness.output import check_writable
+from ..model_names import check_model_name
+from .common import OUTPUTS, UsageError, add_device, add_guidance, add_model, add_progress, stage
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..compare.api import DEFAULT_METHODS, OPTIONAL_METRICS
-    from ..compare.methods import SYNTAX
-    from ..compare.metrics import DEFAULT_CLIP_MODEL
-
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "compare",
         help="compare image quality and speed of methods against the baseline",
@@ -25,26 +28,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "baseline image, CLIP score and FID where their weights can be loaded. Writes images, a grid "
                     "per prompt, metrics.json/.csv, a speed-vs-quality plot and report.md/.html to --out.",
     )
-    parser.add_argument("--model", required=True,
-                        help="tiny, tiny-xl, sd15-arch, sd21-arch, sdxl-arch (random weights), a folder or a Hub id")
+    add_model(parser, None)
     parser.add_argument("--prompts", default="smoke", metavar="FILE|PRESET",
                         help="a preset (paper: ImageNet-1k classes, 512 px, 50 PLMS steps, guidance 7.5, seeds 0 1; "
-                             "smoke: 4 prompts) or a text file with one prompt per line (default: smoke)")
-    parser.add_argument("--seeds", nargs="+", default=None, metavar="SEED",
+                             "smoke: 4 prompts), a .jsonl file of records {\"prompt\": ..., ...metadata} or a text "
+                             "file with one prompt per line (default: smoke)")
+    parser.add_argument("--seeds", "--seed", nargs="+", default=None, metavar="SEED",
                         help="seeds, e.g. '0 1 2' or '0,1,2' (default: the preset's, else 0)")
     parser.add_argument("--methods", nargs="+", default=[DEFAULT_METHODS], metavar="METHODS",
                         help=f"comma-separated: {SYNTAX}, e.g. baseline,turbo@0.5:alpha=2,tome@0.5 "
                              f"(default: {DEFAULT_METHODS}; baseline is always included)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: preset's, else 50)")
-    parser.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance scale (default: preset's, else 7.5)")
+    add_guidance(parser, None)
     parser.add_argument("--height", type=int, default=None, help="image height, a multiple of 8")
     parser.add_argument("--width", type=int, default=None, help="image width, a multiple of 8")
-    parser.add_argument("--out", default="compare-out", metavar="DIR", help="output folder (default: compare-out)")
+    parser.add_argument("--out", default=f"{OUTPUTS}/compare", metavar="DIR",
+                        help=f"output folder (default: {OUTPUTS}/compare)")
     parser.add_argument("--force", action="store_true",
                         help="regenerate every image and overwrite a comparison of other settings in DIR")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
-                        help="weights' dtype (auto: float16 on CUDA, else float32)")
+    add_device(parser)
     parser.add_argument("--max-prompts", type=int, default=None, metavar="N", help="use only the first N prompts")
     parser.add_argument("--skip-metrics", default="", metavar="NAMES",
                         help=f"optional metrics not to try, comma-separated: {','.join(OPTIONAL_METRICS)}")
@@ -55,46 +57,54 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="folder of reference images for FID (default: the baseline's images)")
     parser.add_argument("--fid-weights", default=None, metavar="PATH",
                         help="local InceptionV3 weights for FID (torch-fidelity's pt_inception-2015-12-05 file)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--scorer", action="append", default=[], metavar="MODULE:NAME",
+                        help="a custom scorer, scorer(image, baseline_image, prompt_record) -> {name: number}, "
+                             "imported from MODULE (repeatable)")
+    add_progress(parser)
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare.api import OPTIONAL_METRICS, compare
-    from ..compare.methods import MethodError
-    from ..compare.runner import CompareError
-
     skip = {name.strip() for name in args.skip_metrics.split(",") if name.strip()}
     unknown = sorted(skip - set(OPTIONAL_METRICS))
     if unknown:
         raise UsageError(f"--skip-metrics: unknown metric(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(OPTIONAL_METRICS)}")
+    settings = dict(prompts=args.prompts, seeds=_seeds(args.seeds), methods=args.methods, steps=args.steps,
+                    guidance=args.guidance, height=args.height, width=args.width, dtype=args.dtype,
+                    max_prompts=args.max_prompts)
     try:
-        result = compare(
-            args.model,
-            prompts=args.prompts,
-            seeds=_seeds(args.seeds),
-            methods=args.methods,
-            steps=args.steps,
-            guidance=args.guidance,
-            height=args.height,
-            width=args.width,
-            out_dir=args.out,
-            force=args.force,
-            dtype=args.dtype,
-            max_prompts=args.max_prompts,
-            metrics=[m for m in OPTIONAL_METRICS if m not in skip],
-            clip_model=args.clip_model,
-            fid_reference=args.fid_reference,
-            fid_weights=args.fid_weights,
-            progress=not args.no_progress,
-        )
-    except (CompareError, MethodError) as err:
-        raise UsageError(" ".join(str(err).split())) from None
+        check_model_name(args.model)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    make_spec(args.model, **settings)  # every setting checked before anything heavy is imported
+    check_writable(args.out, "--out", folder=True)
+    for name in args.scorer:
+        if not re.fullmatch(r"[\w.]+:\w+", name):
+            raise UsageError(f"--scorer {name!r}: write MODULE:NAME, e.g. mypackage.scoring:scene_iou")
+    stage("compare", "importing torch, diffusers and transformers")
+    from ..compare.api import compare
+
+    result = compare(args.model, **settings, out_dir=args.out, force=args.force,
+                     metrics=[m for m in OPTIONAL_METRICS if m not in skip], clip_model=args.clip_model,
+                     fid_reference=args.fid_reference, fid_weights=args.fid_weights, progress=not args.no_progress,
+                     device=args.device, log=lambda line: stage("compare", line),
+                     scorers=[_import_scorer(name) for name in args.scorer])
     if result is not None:  # main process
         _print_summary(result)
     return 0
+
+
+def _import_scorer(name: str) -> Any:
+    module, _, attribute = name.partition(":")
+    try:
+        scorer = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise UsageError(f"--scorer {name}: cannot import it ({err})") from None
+    if not callable(scorer):
+        raise UsageError(f"--scorer {name}: not callable")
+    return scorer
 
 
 def _seeds(values: list[str] | None) -> list[int] | None:
@@ -112,12 +122,12 @@ def _seeds(values: list[str] | None) -> list[int] | None:
     return seeds
 
 
-def _print_summary(result) -> None:
-    from ..compare.report import TABLE_HEADER, table_rows
-    from ..models import RANDOM_WEIGHTS_NOTE
+def _print_summary(result: Any) -> None:
+    from ..compare.report import table_header, table_rows
+    from ..model_names import RANDOM_WEIGHTS_NOTE
 
-    rows = [list(TABLE_HEADER)] + table_rows(result)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    rows = [table_header(result)] + table_rows(result)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
     for name, reason in result.skipped.items():

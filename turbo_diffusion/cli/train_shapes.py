@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import UsageError
+from .common import UsageError
 
 
 def add_parser(subparsers: Any) -> None:

@@ -5,18 +5,23 @@
                      out_dir="cmp")
     result.method("turbo@0.5").psnr
 
-Modules: `methods` (parsing ``baseline|turbo@R[:k=v,...]|tome@R``), `prompts` (presets), `metrics` (PSNR, SSIM,
-optional LPIPS/CLIP score/FID), `runner` (generation, resume, configuration check), `report` (grids, plot, tables),
-`api` (the `compare` function that ties them together).
+Modules: `spec` (what to generate: `make_spec` -> `CompareSpec`), `prompts` (prompt sets of records with
+metadata), `runner` (generation, resume, the folder's configuration), `scoring` (pluggable scorers and FID),
+`metrics` (PSNR, SSIM, optional LPIPS/CLIP score/FID), `results` (records, summaries, the result), `report`
+(grids, plot, tables), `api` (`run_compare` and `compare`, which tie them together). Methods
+(``baseline|turbo@R[:k=v,...]|tome@R|todo@R|bound@R``) are `turbo_diffusion.harness.methods`'.
 """
 
-from .api import DEFAULT_METHODS, OPTIONAL_METRICS, compare
-from .methods import Method, MethodError, parse_method, parse_methods
-from .metrics import MetricUnavailable, psnr, ssim
-from .results import CompareResult, ImageRecord, MethodSummary
-from .runner import CompareError
+from .._lazy import lazy_exports
 
-__all__ = [
-    "compare", "CompareError", "CompareResult", "ImageRecord", "MethodSummary", "Method", "MethodError",
-    "MetricUnavailable", "parse_method", "parse_methods", "psnr", "ssim", "DEFAULT_METHODS", "OPTIONAL_METRICS",
-]
+_EXPORTS = {
+    **dict.fromkeys(["DEFAULT_METHODS", "Scoring", "compare", "run_compare"], ".api"),
+    **dict.fromkeys(["Method", "MethodError", "parse_method", "parse_methods"], "..harness.methods"),
+    **dict.fromkeys(["MetricUnavailable", "psnr", "ssim"], ".metrics"),
+    **dict.fromkeys(["CompareResult", "ImageRecord", "MethodSummary"], ".results"),
+    "Scorer": ".scoring",
+    **dict.fromkeys(["CompareError", "CompareSpec", "OPTIONAL_METRICS", "make_spec"], ".spec"),
+    "load_prompts": ".prompts",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

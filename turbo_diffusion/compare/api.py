@@ -1,61 +1,98 @@
-"""`compare`: generate with every method, measure speed and fidelity, write the report."""
+"""`compare`: a spec (`spec.make_spec`), generation (`runner.generate`), scoring (`scoring`) and a result
+(`results.CompareResult`), tied together by `run_compare`; `compare` takes them as keywords."""
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
-from ..models import RANDOM_WEIGHTS_NOTE, load_pipeline, uses_random_weights
-from . import metrics as M
+from ..harness.environment import environment, invoked_command
+from ..harness.errors import SavedElsewhere
+from ..harness.loading import load_model, loading_message, resolve_device
+from ..harness.output import check_writable, fallback_path
+from ..harness.output import write_json as write_json_file
+from ..model_names import RANDOM_WEIGHTS_NOTE
+from ..models import uses_random_weights
 from . import report
-from .methods import Method, parse_methods
-from .prompts import resolve_prompts
-from .results import CompareResult, ImageRecord, summarize
-from .runner import CompareError, CompareSpec, check_output_dir, generate, write_config
+from .results import CompareResult, summarize
+from .runner import check_output_dir, generate, generation_size, write_config
+from .scoring import Scorer, add_fid, load_scorers, score_images
+from .spec import DEFAULT_CLIP_MODEL, DEFAULT_METHODS, OPTIONAL_METRICS, CompareError, CompareSpec, make_spec
 
-DEFAULT_METHODS = "baseline,turbo@0.3,turbo@0.5"
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 7.5
-OPTIONAL_METRICS = ("lpips", "clip_score", "fid")
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+__all__ = ["DEFAULT_METHODS", "OPTIONAL_METRICS", "Scoring", "compare", "run_compare"]
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How images are scored (`turbo_diffusion.compare.scoring`).
+
+    Attributes:
+        metrics: optional built-in metrics to try, among ``"lpips"``, ``"clip_score"``, ``"fid"``; PSNR and SSIM
+            always run.
+        scorers: custom scorers, run after the built-in ones on every image.
+        clip_model: CLIP model for the CLIP score: a local folder or a Hub id (cache or download).
+        fid_reference: folder of reference images for FID; default: the baseline's images.
+        fid_weights: local path of torch-fidelity's InceptionV3 weights.
+        fid_feature_extractor: a feature module to use instead of InceptionV3 (not the standard FID; named in the
+            report).
+    """
+
+    metrics: Sequence[str] = OPTIONAL_METRICS
+    scorers: Sequence[Scorer] = ()
+    clip_model: str = DEFAULT_CLIP_MODEL
+    fid_reference: str | os.PathLike | None = None
+    fid_weights: str | None = None
+    fid_feature_extractor: torch.nn.Module | None = None
+
+    def check(self) -> None:
+        unknown = sorted(set(self.metrics) - set(OPTIONAL_METRICS))
+        if unknown:
+            raise CompareError(f"unknown metric(s) {', '.join(unknown)}; optional metrics: "
+                               f"{', '.join(OPTIONAL_METRICS)}")
+        if self.fid_reference is not None and not Path(self.fid_reference).is_dir():
+            raise CompareError(f"FID reference folder {str(self.fid_reference)!r} does not exist")
 
 
 def compare(
     model: str,
-    prompts: str | Sequence[str] = "smoke",
+    prompts: str | Sequence[str | Mapping[str, Any]] = "smoke",
     seeds: Sequence[int] | None = None,
     methods: str | Sequence[str] = DEFAULT_METHODS,
     steps: int | None = None,
     guidance: float | None = None,
     height: int | None = None,
     width: int | None = None,
-    out_dir: str | os.PathLike = "compare-out",
+    out_dir: str | os.PathLike = "outputs/compare",
     force: bool = False,
     dtype: str = "auto",
     max_prompts: int | None = None,
     metrics: Sequence[str] = OPTIONAL_METRICS,
-    clip_model: str = M.DEFAULT_CLIP_MODEL,
+    clip_model: str = DEFAULT_CLIP_MODEL,
     fid_reference: str | os.PathLike | None = None,
     fid_weights: str | None = None,
     fid_feature_extractor: torch.nn.Module | None = None,
     pipeline: Any = None,
     progress: bool = True,
+    scorers: Sequence[Scorer] = (),
+    device: str = "auto",
+    log: Log | None = None,
 ) -> CompareResult | None:
     """Generate every prompt x seed with every method and compare them with the baseline.
 
     Args:
         model: a built-in name (``tiny``, ``sd15-arch``, ...), a local folder or a Hub id (see
             `turbo_diffusion.models.load_pipeline`); with ``pipeline`` given, only its name in the report.
-        prompts: a preset (``"paper"``, ``"smoke"``), a text file with one prompt per line, or a list of prompts.
+        prompts: a preset (``"paper"``, ``"smoke"``), a ``.jsonl`` file of prompt records, a text file with one
+            prompt per line, or a list of prompts or records ``{"prompt": ..., **metadata}``.
         seeds: seeds, one image per prompt and seed; default: the preset's, else ``[0]``.
-        methods: ``"baseline,turbo@0.3,turbo@0.5:alpha=2,tome@0.5"`` or a list of such strings; the baseline is
-            added when missing.
+        methods: ``"baseline,turbo@0.3,turbo@0.5:alpha=2,tome@0.5,todo@0.5,bound@0.5"`` or a list of such strings
+            (`turbo_diffusion.harness.methods`); the baseline is added when missing.
         steps, guidance, height, width: generation settings; default: the preset's, else 50 steps, guidance 7.5
             and the model's default size.
         out_dir: output folder. Existing images of the same configuration are reused; a folder holding another
@@ -63,62 +100,49 @@ def compare(
         force: regenerate every image and overwrite a report of another configuration.
         dtype: ``"auto"`` (float16 on CUDA, else float32), ``"float32"``, ``"float16"`` or ``"bfloat16"``.
         max_prompts: keep only the first prompts (e.g. a quick run of the ``paper`` preset).
-        metrics: optional metrics to try, among ``"lpips"``, ``"clip_score"``, ``"fid"``; PSNR and SSIM always run.
-        clip_model: CLIP model for the CLIP score: a local folder or a Hub id (cache or download).
-        fid_reference: folder of reference images for FID; default: the baseline's images.
-        fid_weights: local path of torch-fidelity's InceptionV3 weights.
-        fid_feature_extractor: a feature module to use instead of InceptionV3 (not the standard FID; named in the
-            report).
+        metrics, clip_model, fid_reference, fid_weights, fid_feature_extractor, scorers: see `Scoring`.
         pipeline: an already loaded pipeline to use instead of loading ``model`` (its scheduler is swapped for the
             run when the preset asks for another, then put back).
         progress: show progress bars.
+        device: ``"auto"`` (the accelerate process's device), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        log: called with a line before each long stage (loading, warm-up, generating, scoring).
 
     Returns:
         The `CompareResult` (also written to ``out_dir``) on the main process; ``None`` on the others under
         ``accelerate launch``.
 
     Raises:
-        CompareError: bad settings or an occupied folder (one-line message), before anything is generated.
+        turbo_diffusion.harness.errors.HarnessError: bad settings, an occupied or unwritable folder, a model that
+            cannot be loaded (one-line message), before any image is generated.
     """
     from accelerate import PartialState
 
-    method_list = _methods(methods)
-    prompt_list, preset = _prompts(prompts)
-    if max_prompts is not None:
-        if isinstance(max_prompts, bool) or not isinstance(max_prompts, int) or max_prompts < 1:
-            raise CompareError(f"max_prompts must be an integer >= 1, got {max_prompts!r}")
-        prompt_list = prompt_list[:max_prompts]
-    unknown = sorted(set(metrics) - set(OPTIONAL_METRICS))
-    if unknown:
-        raise CompareError(f"unknown metric(s) {', '.join(unknown)}; optional metrics: {', '.join(OPTIONAL_METRICS)}")
-    if fid_reference is not None and not Path(fid_reference).is_dir():
-        raise CompareError(f"FID reference folder {str(fid_reference)!r} does not exist")
+    device = pipeline.device if pipeline is not None else (
+        PartialState().device if device == "auto" else resolve_device(device))
+    spec = make_spec(model, prompts, seeds, methods, steps, guidance, height, width, dtype, device.type, max_prompts)
+    scoring = Scoring(tuple(metrics), tuple(scorers), clip_model, fid_reference, fid_weights, fid_feature_extractor)
+    return run_compare(spec, out_dir, scoring, pipeline=pipeline, device=device, force=force, progress=progress,
+                       log=log)
 
+
+def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring = Scoring(), *, pipeline: Any = None,
+                device: torch.device | None = None, force: bool = False, progress: bool = True,
+                log: Log | None = None) -> CompareResult | None:
+    """Generate, score and report ``spec`` in ``out_dir`` (see `compare`). ``device`` defaults to the
+    pipeline's, else the accelerate process's."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    say = log or (lambda _: None)
     state = PartialState()
-    device = pipeline.device if pipeline is not None else state.device
-    spec = CompareSpec(
-        model=model,
-        prompts=tuple(prompt_list),
-        seeds=tuple(seeds) if seeds is not None else (preset.seeds if preset and preset.seeds else (0,)),
-        methods=tuple(method_list),
-        steps=_pick(steps, preset.steps if preset else None, DEFAULT_STEPS),
-        guidance=_pick(guidance, preset.guidance if preset else None, DEFAULT_GUIDANCE),
-        height=_pick(height, preset.height if preset else None, None),
-        width=_pick(width, preset.width if preset else None, None),
-        dtype=_dtype_name(dtype, device),
-        device_type=device.type,
-        scheduler=preset.scheduler if preset else None,
-        preset=preset.name if preset else None,
-    )
+    device = device or (pipeline.device if pipeline is not None else state.device)
+    scoring.check()
     out = Path(out_dir)
+    check_writable(out, "output folder", folder=True)
     check_output_dir(out, spec, force)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(out, spec)
-    state.wait_for_everyone()
-
-    pipe = pipeline if pipeline is not None else _load(model, spec.dtype, device)
+    if pipeline is None:
+        say(loading_message(spec.model))
+    pipe = pipeline if pipeline is not None else load_model(spec.model, spec.dtype, device)
     random_note = RANDOM_WEIGHTS_NOTE if uses_random_weights(pipe) else None
     saved_scheduler = pipe.scheduler
     if spec.scheduler == "pndm":
@@ -128,184 +152,77 @@ def compare(
     scheduler_name = type(pipe.scheduler).__name__
     try:
         with state.split_between_processes(list(range(len(spec.prompts)))) as mine:
-            records = generate(pipe, spec, out, mine, force=force, progress=progress,
-                               position=state.process_index, random_note=random_note)
+            records = generate(pipe, spec, out, mine, force=force, progress=progress, position=state.process_index,
+                               random_note=random_note,
+                               on_first_image=(lambda: write_config(out, spec)) if state.is_main_process else None,
+                               log=say if state.is_main_process else None)
     finally:
         pipe.scheduler = saved_scheduler
 
+    say(f"scoring {len(records)} images")
     skipped: dict[str, str] = {}
-    scorers = _load_pair_metrics(metrics, clip_model, device, skipped)
-    _score_pairs(records, out, scorers)
-    if state.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        records = gather_object(records)
+    scorers = load_scorers(scoring.metrics, scoring.clip_model, device, skipped) + list(scoring.scorers)
+    score_images(records, out, spec.prompts, spec.methods[0].label, scorers)
+    records = gather_object(records) if state.num_processes > 1 else records
     if not state.is_main_process:
         state.wait_for_everyone()
         return None
-
-    records.sort(key=lambda r: (r.prompt_index, spec.seeds.index(r.seed),
-                                [m.label for m in method_list].index(r.method)))
+    order = {m.label: i for i, m in enumerate(spec.methods)}
+    records.sort(key=lambda r: (r.prompt_index, spec.seeds.index(r.seed), order[r.method]))
     result = CompareResult(
         out_dir=out,
-        configuration={**spec.configuration(), "scheduler": scheduler_name},
+        configuration={**spec.configuration(), "scheduler": scheduler_name,
+                       "size": list(generation_size(pipe, spec))},
         fingerprint=spec.fingerprint(),
         random_weights=random_note is not None,
         device=str(device),
-        methods=summarize(records, method_list),
+        methods=summarize(records, spec.methods),
         images=records,
         skipped=skipped,
+        environment=environment(device, random_note is not None, invoked_command()),
     )
-    if device.type != "cuda":
-        result.notes.append("Peak memory is measured on CUDA only (torch.cuda.max_memory_allocated).")
-    reused = sum(r.reused for r in records)
-    if reused:
-        result.notes.append(f"{reused} of {len(records)} images were reused from an earlier run in this folder; "
-                            "their timings are from that run.")
-    if "fid" in metrics:
-        _fid(result, method_list, fid_reference, fid_weights, fid_feature_extractor, device)
+    result.notes += _notes(spec, records)
+    if "fid" in scoring.metrics:
+        add_fid(result, spec.methods, scoring.fid_reference, scoring.fid_weights, scoring.fid_feature_extractor,
+                device)
     else:
         skipped["fid"] = "not requested"
-    _write_outputs(result, random_note)
+    _write_outputs(result, spec, random_note)
     state.wait_for_everyone()
     return result
 
 
-def _methods(methods: str | Sequence[str]) -> list[Method]:
+def _notes(spec: CompareSpec, records: list[Any]) -> list[str]:
+    notes = ["Peak memory is that of each method's warm-up generation: the CUDA allocator's peak on CUDA, the "
+             "process's peak resident memory on the CPU."]
+    reused = sum(r.reused for r in records)
+    if reused:
+        notes.append(f"{reused} of {len(records)} images were reused from an earlier run in this folder; their "
+                     "timings are from that run.")
+    bounds = [m.label for m in spec.methods if m.kind == "bound"]
+    if bounds:
+        notes.append(f"{', '.join(bounds)}: the zero-overhead bound's images are meaningless by design (it drops "
+                     "tokens and copies one into their place); only its speed counts.")
+    return notes
+
+
+def _write_outputs(result: CompareResult, spec: CompareSpec, random_note: str | None) -> None:
+    """The folder's record, grids, plot, metrics.json/.csv and reports; when the folder cannot be written any
+    more, metrics.json goes to a safe place and `SavedElsewhere` says where."""
     try:
-        return parse_methods(methods)
-    except ValueError as err:
-        raise CompareError(str(err)) from None
-
-
-def _prompts(prompts: str | Sequence[str]):
-    if isinstance(prompts, str):
+        write_config(result.out_dir, spec)  # again: a run whose images were all reused may have lost its record
+        grids = report.write_grids(result, random_note)
         try:
-            return resolve_prompts(prompts)
-        except ValueError as err:
-            raise CompareError(str(err)) from None
-    prompt_list = [str(p) for p in prompts]
-    if not prompt_list or not all(p.strip() for p in prompt_list):
-        raise CompareError("prompts must be a non-empty list of non-empty strings")
-    return prompt_list, None
-
-
-def _pick(given: Any, preset_value: Any, default: Any) -> Any:
-    """The value given, else the preset's, else the default."""
-    if given is not None:
-        return given
-    return preset_value if preset_value is not None else default
-
-
-def _dtype_name(dtype: str, device: torch.device) -> str:
-    if dtype == "auto":
-        return "float16" if device.type == "cuda" else "float32"
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise CompareError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
-    return dtype
-
-
-def _load(model: str, dtype: str, device: torch.device) -> Any:
-    try:
-        # float32 is how pipelines load by default; casting to it anyway only makes diffusers warn
-        pipe = load_pipeline(model, torch_dtype=None if dtype == "float32" else getattr(torch, dtype))
-    except (ValueError, OSError) as err:
-        raise CompareError(f"cannot load model {model!r}: {' '.join(str(err).split())[:300]}") from None
-    return pipe.to(device)
-
-
-def _load_pair_metrics(wanted: Sequence[str], clip_model: str, device: torch.device,
-                       skipped: dict[str, str]) -> dict[str, Any]:
-    """The optional per-image metrics that can run; the others go into ``skipped`` with the reason."""
-    loaders = {"lpips": lambda: M.load_lpips(device), "clip_score": lambda: M.load_clip_score(clip_model, device)}
-    scorers = {}
-    for name, load in loaders.items():
-        if name not in wanted:
-            skipped[name] = "not requested"
-            continue
-        try:
-            scorers[name] = load()
-        except M.MetricUnavailable as err:
-            skipped[name] = str(err)
-    return scorers
-
-
-def _score_pairs(records: list[ImageRecord], out: Path, scorers: dict[str, Any]) -> None:
-    """PSNR, SSIM (and LPIPS) against the baseline image of the same prompt and seed; CLIP score against the
-    prompt. Fills the records in place, one prompt and seed at a time (a few images in memory)."""
-    groups: dict[tuple[int, int], list[ImageRecord]] = defaultdict(list)
-    for record in records:
-        groups[(record.prompt_index, record.seed)].append(record)
-    for group in groups.values():
-        reference = _open(out / next(r for r in group if r.method == "baseline").path)
-        for record in group:
-            image = reference if record.method == "baseline" else _open(out / record.path)
-            record.psnr = M.psnr(image, reference)
-            record.ssim = M.ssim(image, reference)
-            if "lpips" in scorers:
-                record.lpips = scorers["lpips"](image, reference)
-            if "clip_score" in scorers:
-                record.clip_score = scorers["clip_score"](image, record.prompt)
-
-
-def _fid(result: CompareResult, methods: list[Method], reference_dir: Any, weights: str | None,
-         extractor: torch.nn.Module | None, device: torch.device) -> None:
-    try:
-        distances = M.load_fid(weights, extractor, device)
-    except M.MetricUnavailable as err:
-        result.skipped["fid"] = str(err)
-        return
-    out = result.out_dir
-    if reference_dir is None:
-        reference_paths = [out / r.path for r in result.images if r.method == "baseline"]
-        reference_name = "the baseline's images"
-        targets = [m for m in methods if m.kind != "baseline"]
-    else:
-        reference_paths = sorted(p for p in Path(reference_dir).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-        reference_name = f"the images in {reference_dir}"
-        targets = list(methods)
-    sets = {m.label: [out / r.path for r in result.images if r.method == m.label] for m in targets}
-    try:
-        values = distances(_open_each(reference_paths), {k: _open_each(v) for k, v in sets.items()})
-    except M.MetricUnavailable as err:
-        result.skipped["fid"] = str(err)
-        return
-    for summary in result.methods:
-        summary.fid = values.get(summary.method)
-    counts = sorted({len(v) for v in sets.values()})
-    features = "InceptionV3 pool features" if extractor is None else f"features of {type(extractor).__name__} " \
-        "(not InceptionV3: not comparable with published FIDs)"
-    result.fid = {
-        "reference": str(reference_dir) if reference_dir is not None else "baseline",
-        "reference_images": len(reference_paths),
-        "images_per_method": counts[0] if len(counts) == 1 else counts,
-        "features": features,
-        "not_applicable": [m.label for m in methods if m not in targets],
-        "description": f"each method's {'/'.join(map(str, counts))} images against {len(reference_paths)} reference "
-                       f"images ({reference_name}), on {features}. FID is biased upwards for small sets: compare "
-                       "values only at equal counts, and expect thousands of images to be needed for stable values",
-    }
-
-
-def _open(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def _open_each(paths: Sequence[Path]) -> Iterator[Image.Image]:
-    for path in paths:
-        yield _open(path)
-
-
-def _write_outputs(result: CompareResult, random_note: str | None) -> None:
-    grids = report.write_grids(result, random_note)
-    try:
-        plot = report.write_plot(result, random_note)
-    except ImportError:
-        plot = None
-        result.skipped["plot"] = "matplotlib is not installed (pip install 'turbo-diffusion[metrics]')"
-    report.write_json(result)
-    report.write_csv(result)
-    report.write_markdown(result, grids, plot, random_note)
-    report.write_html(result, grids, plot, random_note)
-
+            plot = report.write_plot(result, random_note)
+        except ImportError:
+            plot = None
+            result.skipped["plot"] = "matplotlib is not installed (pip install 'turbo-diffusion[metrics]')"
+        report.write_json(result)
+        report.write_csv(result)
+        report.write_markdown(result, grids, plot, random_note)
+        report.write_html(result, grids, plot, random_note)
+    except OSError as err:
+        safe = fallback_path("metrics.json")
+        write_json_file(safe, result.to_json())
+        raise SavedElsewhere(f"could not write the report in {result.out_dir} ({err.strerror or err}); "
+                             f"saved metrics.json to {safe}") from err

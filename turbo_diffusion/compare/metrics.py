@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+from .spec import DEFAULT_CLIP_MODEL
+
 _METRICS_EXTRA = "pip install 'turbo-diffusion[metrics]'"
 
 

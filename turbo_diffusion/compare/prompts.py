@@ -1,10 +1,19 @@
-"""Prompt sets for `compare`: presets (``paper``, ``smoke``) or a text file with one prompt per line."""
+"""Prompt sets for `compare`: lists of prompt records ``{"prompt": text, **metadata}``.
+
+A set comes from a preset (``paper``, ``smoke``), a JSON Lines file (``.jsonl``: one object per line with a
+``"prompt"`` string; every other key is metadata, e.g. ``{"prompt": "a red circle", "scene_seed": 7}``), a text
+file (one prompt per line), or a list of prompts or records. Metadata goes, untouched, to every scorer
+(`turbo_diffusion.compare.scoring`). Nothing here imports torch.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 PAPER_TEMPLATE = "a photo of a {name}"
 
@@ -20,12 +29,13 @@ SMOKE_PROMPTS = (
 class Preset:
     """A named prompt set with the generation settings that go with it (``None``: the command's default).
 
-    ``scheduler="pndm"`` swaps in diffusers' ``PNDMScheduler`` with ``skip_prk_steps`` (the PLMS sampler).
+    ``prompts`` are texts or records with metadata. ``scheduler="pndm"`` swaps in diffusers' ``PNDMScheduler``
+    with ``skip_prk_steps`` (the PLMS sampler).
     """
 
     name: str
     description: str
-    prompts: tuple[str, ...]
+    prompts: tuple[str | Mapping[str, Any], ...]
     steps: int | None = None
     guidance: float | None = None
     height: int | None = None
@@ -57,16 +67,41 @@ def presets() -> dict[str, Preset]:
     }
 
 
-def resolve_prompts(spec: str) -> tuple[list[str], Preset | None]:
-    """The prompts named by ``spec``: a preset name, else a UTF-8 text file with one prompt per line (blank
-    lines are skipped). Raises ``ValueError`` (one line) for an unknown preset or a missing or empty file."""
-    known = presets()
-    if spec in known:
-        return list(known[spec].prompts), known[spec]
-    if not os.path.isfile(spec):
-        raise ValueError(f"--prompts {spec!r} is neither a preset ({', '.join(known)}) nor a file")
-    with open(spec, encoding="utf-8") as f:
-        prompts = [line.strip() for line in f if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompt file {spec!r} has no prompts")
-    return prompts, None
+def load_prompts(source: str | Sequence[str | Mapping[str, Any]]) -> tuple[list[dict[str, Any]], Preset | None]:
+    """The prompt records of ``source`` (see the module docstring) and its preset, if it is one. Raises
+    ``ValueError`` (one line, naming the file and line) for an unknown name, an empty set or a bad record."""
+    if not isinstance(source, str):
+        records = [_record(item, f"prompt {i}") for i, item in enumerate(source)]
+        preset = None
+    elif source in presets():
+        preset = presets()[source]
+        records = [_record(prompt, f"preset {source!r}, prompt {i}") for i, prompt in enumerate(preset.prompts)]
+    elif os.path.isfile(source):
+        records, preset = _read_file(source), None
+    else:
+        raise ValueError(f"--prompts {source!r} is neither a preset ({', '.join(presets())}) nor a file")
+    if not records:
+        raise ValueError(f"prompt set {source if isinstance(source, str) else 'given'!r} has no prompts")
+    return records, preset
+
+
+def _read_file(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        lines = [(n, line.strip()) for n, line in enumerate(f, start=1) if line.strip()]
+    if not path.lower().endswith(".jsonl"):
+        return [{"prompt": line} for _, line in lines]
+    records = []
+    for n, line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError as err:
+            raise ValueError(f"prompt file {path!r}, line {n}: not JSON ({err})") from None
+        records.append(_record(item, f"prompt file {path!r}, line {n}"))
+    return records
+
+
+def _record(item: str | Mapping[str, Any], where: str) -> dict[str, Any]:
+    record = {"prompt": item} if isinstance(item, str) else dict(item) if isinstance(item, Mapping) else None
+    if record is None or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+        raise ValueError(f"{where}: a prompt record needs a non-empty \"prompt\" string, got {item!r}")
+    return record

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -14,8 +13,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .results import SPEED_NOTE, CompareResult
-from .runner import atomic_write_text, save_png
+from ..harness.output import atomic_write_text
+from ..harness.output import write_json as write_json_file
+from .results import BUILTIN_SCORES, SPEED_NOTE, CompareResult
+from .runner import save_png
 
 MAX_GRIDS_IN_REPORT = 24
 PLOT_FILE = "speed_vs_quality.png"
@@ -142,7 +143,7 @@ def write_plot(result: CompareResult, random_note: str | None) -> str:
 
 
 def write_json(result: CompareResult) -> None:
-    atomic_write_text(result.out_dir / "metrics.json", json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+    write_json_file(result.out_dir / "metrics.json", result.to_json())
 
 
 CSV_COLUMNS = ("method", "kind", "images", "seconds_per_image", "speedup", "peak_memory_mb", "psnr_db",
@@ -150,15 +151,23 @@ CSV_COLUMNS = ("method", "kind", "images", "seconds_per_image", "speedup", "peak
 
 
 def write_csv(result: CompareResult) -> None:
-    """One row per method. Empty cells: not measured (see metrics.json's ``skipped``); ``inf``: identical."""
+    """One row per method, custom scorers' numbers after the built-in columns. Empty cells: not measured (see
+    metrics.json's ``skipped``); ``inf``: identical."""
+    extra = _extra_scores(result)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow([*CSV_COLUMNS, *extra])
     for m in result.methods:
         writer.writerow([m.method, m.kind, m.images, _num(m.seconds_per_image, 4), _num(m.speedup, 3),
                          _num(_mb(m.peak_memory_bytes), 1), _num(m.psnr, 3), m.identical, _num(m.ssim, 4),
-                         _num(m.lpips, 4), _num(m.clip_score, 3), _num(m.fid, 3), result.random_weights])
+                         _num(m.lpips, 4), _num(m.clip_score, 3), _num(m.fid, 3), result.random_weights,
+                         *(_num(m.scores.get(name), 4) for name in extra)])
     atomic_write_text(result.out_dir / "metrics.csv", buffer.getvalue())
+
+
+def _extra_scores(result: CompareResult) -> list[str]:
+    """Numbers of custom scorers, in the order first seen."""
+    return [name for name in result.score_names if name not in BUILTIN_SCORES]
 
 
 # ---- markdown and HTML -------------------------------------------------------------------------------------
@@ -168,8 +177,14 @@ TABLE_HEADER = ("method", "images", "s / image (median)", "speed-up", "peak memo
                 "LPIPS", "CLIP score", "FID")
 
 
+def table_header(result: CompareResult) -> list[str]:
+    """`TABLE_HEADER` and a column per custom scorer number."""
+    return [*TABLE_HEADER, *_extra_scores(result)]
+
+
 def table_rows(result: CompareResult) -> list[list[str]]:
     """The summary table as text cells ("skipped" for a metric that did not run, "n/a" where it does not apply)."""
+    extra = _extra_scores(result)
     rows = []
     skipped = result.skipped
     for m in result.methods:
@@ -185,6 +200,7 @@ def table_rows(result: CompareResult) -> list[list[str]]:
             _num(m.lpips, 4) if "lpips" not in skipped else "skipped",
             _num(m.clip_score, 2) if "clip_score" not in skipped else "skipped",
             fid if "fid" not in skipped else "skipped",
+            *(_num(m.scores.get(name), 4) for name in extra),
         ])
     return rows
 
@@ -196,7 +212,8 @@ def _intro(result: CompareResult, random_note: str | None) -> tuple[list[str], l
     if random_note:
         warnings.append(f"{_headline(random_note)}. The fidelity columns below measure how much each method "
                         "changes noise images, not image quality. Run a real model to judge quality.")
-    size = f"{config['width']}x{config['height']}" if config["height"] else "the model's default size"
+    height, width = config.get("size") or (config["height"], config["width"])
+    size = f"{width}x{height} px" if height else "the model's default size"
     facts = [
         f"Model: {config['model']}; {len(config['prompts'])} prompt(s)"
         + (f" (preset {config['preset']})" if config["preset"] else "")
@@ -218,7 +235,8 @@ def write_markdown(result: CompareResult, grids: Sequence[str], plot: str | None
     lines = [f"# turbo-diffusion compare: {result.configuration['model']}", ""]
     lines += [f"> **{w}**" for w in warnings] + ([""] if warnings else [])
     lines += facts + [""]
-    lines += ["## Results", "", "| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    header = table_header(result)
+    lines += ["## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table_rows(result)]
     lines += [""] + [f"- {name}: skipped. {reason}" for name, reason in _skipped_lines(result)] + [""]
     if plot:
@@ -241,9 +259,10 @@ def write_html(result: CompareResult, grids: Sequence[str], plot: str | None, ra
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
              ".warning{color:#a00;font-weight:bold}img{max-width:100%}</style></head><body>",
              f"<h1>turbo-diffusion compare: {e(result.configuration['model'])}</h1>"]
-    parts += [f"<p class='warning'>{e(w)}</p>" for w in warnings]
-    parts += [f"<p>{e(f)}</p>" for f in facts]
-    parts += ["<h2>Results</h2>", "<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER) + "</tr>"]
+    parts += [f"<p class='warning'>{_html(w)}</p>" for w in warnings]
+    parts += [f"<p>{_html(f)}</p>" for f in facts]
+    parts += ["<h2>Results</h2>", "<table>",
+              "<tr>" + "".join(f"<th>{e(h)}</th>" for h in table_header(result)) + "</tr>"]
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table_rows(result)]
     parts += ["</table>", "<ul>"] + [f"<li>{e(n)}: skipped. {e(r)}</li>" for n, r in _skipped_lines(result)]
     parts += ["</ul>"]
@@ -256,6 +275,11 @@ def write_html(result: CompareResult, grids: Sequence[str], plot: str | None, ra
         parts.append(f"<p>{len(grids) - MAX_GRIDS_IN_REPORT} more grids are in grids/.</p>")
     parts.append("</body></html>")
     atomic_write_text(result.out_dir / "report.html", "\n".join(parts) + "\n")
+
+
+def _html(text: str) -> str:
+    """Escaped text with Markdown's `code` spans as <code> (the facts are written for both reports)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 _METRIC_NAMES = {"lpips": "LPIPS", "clip_score": "CLIP score", "fid": "FID", "plot": "speed-vs-quality plot"}

@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..harness.output import json_safe
+
 SPEED_NOTE = ("Speed in `compare` is indicative: each image is timed end to end (text encoder, UNet, VAE) one at a "
               "time, methods interleaved per prompt and seed after one warm-up each, and medians are reported. "
               "Use `turbo-diffusion bench` to measure speed.")
+BUILTIN_SCORES = ("psnr", "ssim", "lpips", "clip_score")  # always in the JSON, null when they did not run
+
+
+class _Scores:
+    """Named numbers of the built-in scorers as attributes (``record.psnr``), ``None`` when they did not run."""
+
+    scores: dict[str, float]
+
+    psnr = property(lambda self: self.scores.get("psnr"))
+    ssim = property(lambda self: self.scores.get("ssim"))
+    lpips = property(lambda self: self.scores.get("lpips"))
+    clip_score = property(lambda self: self.scores.get("clip_score"))
 
 
 @dataclass
-class ImageRecord:
+class ImageRecord(_Scores):
     """One generated image and what was measured on it.
 
-    ``seconds`` and ``peak_memory_bytes`` come from the run that generated it (an earlier one when ``reused``);
-    ``peak_memory_bytes`` is ``None`` off CUDA. Fidelity fields compare with the baseline image of the same prompt
-    and seed; a metric that did not run is ``None``.
+    ``seconds`` comes from the run that generated it (an earlier one when ``reused``); ``peak_memory_bytes`` is the
+    peak memory of its method's warm-up generation (`turbo_diffusion.harness.memory`: CUDA allocator, or process
+    RSS on the CPU). ``scores`` holds every scorer's numbers (`turbo_diffusion.compare.scoring`): PSNR, SSIM and
+    LPIPS against the baseline image of the same prompt and seed, CLIP score against the prompt, and any custom
+    scorer's.
     """
 
     method: str
@@ -31,23 +47,25 @@ class ImageRecord:
     seconds: float | None = None
     peak_memory_bytes: int | None = None
     reused: bool = False
-    psnr: float | None = None
-    ssim: float | None = None
-    lpips: float | None = None
-    clip_score: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        base = {k: getattr(self, k) for k in ("method", "prompt_index", "prompt", "seed", "path", "seconds",
+                                              "peak_memory_bytes", "reused")}
+        return base | dict.fromkeys(BUILTIN_SCORES) | self.scores
 
 
 @dataclass
-class MethodSummary:
+class MethodSummary(_Scores):
     """Aggregates over a method's images.
 
     Attributes:
         seconds_per_image: median seconds per image.
         speedup: the baseline's median over this method's median (above 1 is faster than the baseline).
-        peak_memory_bytes: largest peak of allocated CUDA memory over its images (``None`` off CUDA).
-        psnr: mean PSNR (dB) over the images that differ from the baseline; ``inf`` when all are identical.
-        identical: how many images are pixel-identical to the baseline image.
-        ssim, lpips, clip_score: means over the images; ``None`` when the metric did not run.
+        peak_memory_bytes: the largest peak memory over its images (see `ImageRecord`).
+        identical: how many images are pixel-identical to the baseline image (infinite PSNR).
+        scores: the mean of each scorer number over the images: over its finite values, or infinite when every
+            value is (PSNR of identical images). ``psnr``, ``ssim``, ``lpips``, ``clip_score`` read from it.
         fid: FID of the method's images against the FID reference; ``None`` when not computed.
     """
 
@@ -57,12 +75,14 @@ class MethodSummary:
     seconds_per_image: float | None = None
     speedup: float | None = None
     peak_memory_bytes: int | None = None
-    psnr: float | None = None
     identical: int = 0
-    ssim: float | None = None
-    lpips: float | None = None
-    clip_score: float | None = None
     fid: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        base = {k: getattr(self, k) for k in ("method", "kind", "images", "seconds_per_image", "speedup",
+                                              "peak_memory_bytes", "identical", "fid")}
+        return base | dict.fromkeys(BUILTIN_SCORES) | self.scores
 
 
 @dataclass
@@ -79,6 +99,7 @@ class CompareResult:
     skipped: dict[str, str] = field(default_factory=dict)
     fid: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    environment: dict[str, Any] | None = None
 
     def method(self, label: str) -> MethodSummary:
         """The summary of the method called ``label``."""
@@ -87,24 +108,31 @@ class CompareResult:
                 return summary
         raise KeyError(f"no method {label!r}; methods: {', '.join(m.method for m in self.methods)}")
 
+    @property
+    def score_names(self) -> list[str]:
+        """Every scorer number measured, built-in ones first."""
+        names = dict.fromkeys(n for m in self.methods for n in m.scores)
+        return [n for n in BUILTIN_SCORES if n in names] + [n for n in names if n not in BUILTIN_SCORES]
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; infinite PSNR is written as the string ``"inf"`` (JSON has no infinity)."""
-        data = {
+        return json_safe({
             "configuration": self.configuration,
             "fingerprint": self.fingerprint,
             "random_weights": self.random_weights,
             "device": self.device,
+            "environment": self.environment,
             "notes": self.notes,
             "skipped": self.skipped,
             "fid": self.fid,
-            "methods": [dataclasses.asdict(m) for m in self.methods],
-            "images": [dataclasses.asdict(r) for r in self.images],
-        }
-        return _json_safe(data)
+            "methods": [m.to_dict() for m in self.methods],
+            "images": [r.to_dict() for r in self.images],
+        })
 
 
-def summarize(records: list[ImageRecord], methods: list[Any], baseline: str = "baseline") -> list[MethodSummary]:
-    """One `MethodSummary` per method, in the order of ``methods`` (objects with ``label`` and ``kind``)."""
+def summarize(records: list[ImageRecord], methods: Sequence[Any]) -> list[MethodSummary]:
+    """One `MethodSummary` per method, in the order of ``methods`` (objects with ``label`` and ``kind``); speed-ups
+    are over the method of kind ``baseline``."""
     by_method: dict[str, list[ImageRecord]] = {m.label: [] for m in methods}
     for record in records:
         by_method[record.method].append(record)
@@ -113,21 +141,17 @@ def summarize(records: list[ImageRecord], methods: list[Any], baseline: str = "b
         rows = by_method[method.label]
         seconds = [r.seconds for r in rows if r.seconds is not None]
         memory = [r.peak_memory_bytes for r in rows if r.peak_memory_bytes is not None]
-        psnrs = [r.psnr for r in rows if r.psnr is not None]
-        finite = [p for p in psnrs if math.isfinite(p)]
+        names = dict.fromkeys(name for r in rows for name in r.scores)
         summaries.append(MethodSummary(
             method=method.label,
             kind=method.kind,
             images=len(rows),
             seconds_per_image=statistics.median(seconds) if seconds else None,
             peak_memory_bytes=max(memory) if memory else None,
-            psnr=(statistics.fmean(finite) if finite else math.inf) if psnrs else None,
-            identical=len(psnrs) - len(finite),
-            ssim=_mean(r.ssim for r in rows),
-            lpips=_mean(r.lpips for r in rows),
-            clip_score=_mean(r.clip_score for r in rows),
+            identical=sum(r.psnr == math.inf for r in rows),
+            scores={name: _mean([r.scores[name] for r in rows if r.scores.get(name) is not None]) for name in names},
         ))
-    base = next((s for s in summaries if s.method == baseline), None)
+    base = next((s for s in summaries if s.kind == "baseline"), None)
     if base is not None and base.seconds_per_image:
         for summary in summaries:
             if summary.seconds_per_image:
@@ -135,18 +159,9 @@ def summarize(records: list[ImageRecord], methods: list[Any], baseline: str = "b
     return summaries
 
 
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+def _mean(values: list[float]) -> float | None:
+    """Mean of the finite values; infinite when every value is (identical images); ``None`` for none."""
+    finite = [v for v in values if math.isfinite(v)]
+    if finite:
+        return statistics.fmean(finite)
+    return values[0] if values else None

@@ -2,112 +2,56 @@
 
 * Same conditions for every method: one pipeline, one scheduler, a CPU generator seeded per image (so the
   starting noise is the same on any device and in any process).
-* Interleaved timing: methods take turns on each prompt and seed (in rotating order), after one warm-up
-  generation per method, so drift on a busy machine hits all methods alike.
+* Interleaved timing (`turbo_diffusion.harness.measure`): methods take turns on each prompt and seed (in rotating
+  order), after one short warm-up generation per method, which also measures the method's peak memory (CPU or
+  CUDA), so drift on a busy machine hits all methods alike and no timed call runs a memory sampler.
 * Resumable: an image whose PNG exists, made under the same configuration (recorded in the PNG), is reused with
   the time measured when it was made. ``force=True`` regenerates everything.
-* A folder remembers its configuration (``compare.json``); another configuration there is refused unless forced.
+* A folder remembers its configuration (``compare.json``), written once the first image is about to be saved; a
+  folder with another configuration and images is refused unless forced. A failed run that saved no image
+  leaves no record, so its corrected rerun goes ahead.
 * Under ``accelerate launch`` prompts are split across processes (``PartialState.split_between_processes``); each
   process has every method of its prompts, so pairwise metrics need no communication.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, PngImagePlugin
 
-from .methods import Method, method_signature
+from ..harness.loading import about
+from ..harness.measure import installed, rotated, timed
+from ..harness.memory import MIB, peak_memory
+from ..harness.methods import Method
+from ..harness.output import write_json
+from ..harness.processors import attention_level, level_grid
 from .results import ImageRecord
+from .spec import CompareError, CompareSpec
 
 CONFIG_FILE = "compare.json"
 _PNG_KEY = "turbo_diffusion.compare"
 
 
-class CompareError(ValueError):
-    """A comparison that cannot run as asked (bad settings, or a folder holding another configuration)."""
-
-
-@dataclass(frozen=True)
-class CompareSpec:
-    """What to generate. Everything here decides the images, so it all goes into the fingerprint."""
-
-    model: str
-    prompts: tuple[str, ...]
-    seeds: tuple[int, ...]
-    methods: tuple[Method, ...]
-    steps: int
-    guidance: float
-    height: int | None
-    width: int | None
-    dtype: str
-    device_type: str
-    scheduler: str | None = None
-    preset: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.prompts:
-            raise CompareError("no prompts")
-        if not self.seeds:
-            raise CompareError("no seeds")
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise CompareError(f"seeds must be integers >= 0, got {list(self.seeds)}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise CompareError(f"seeds given twice: {list(self.seeds)}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise CompareError(f"steps must be an integer >= 1, got {self.steps!r}")
-        if not (isinstance(self.guidance, (int, float)) and 0 <= self.guidance < float("inf")):
-            raise CompareError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 8 or value % 8):
-                raise CompareError(f"{name} must be a multiple of 8 (at least 8), got {value!r}")
-        if not self.methods or self.methods[0].kind != "baseline":
-            raise CompareError("the first method must be the baseline")
-
-    def configuration(self) -> dict[str, Any]:
-        """The settings that decide the images, JSON-ready."""
-        return {
-            "model": self.model,
-            "preset": self.preset,
-            "prompts": list(self.prompts),
-            "seeds": list(self.seeds),
-            "methods": [{**m.to_dict(), "settings": method_signature(m)} for m in self.methods],
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "height": self.height,
-            "width": self.width,
-            "dtype": self.dtype,
-            "device_type": self.device_type,
-            "scheduler": self.scheduler,
-        }
-
-    def fingerprint(self) -> str:
-        """A short hash of `configuration`."""
-        text = json.dumps(self.configuration(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def image_path(spec: CompareSpec, method: Method, prompt_index: int, seed: int) -> str:
     """Where an image goes, relative to the output folder: ``images/<method>/<index>_<prompt>_seed<seed>.png``."""
     width = max(4, len(str(len(spec.prompts) - 1)))
-    words = re.sub(r"[^a-z0-9]+", "-", spec.prompts[prompt_index].lower()).strip("-")[:40].strip("-") or "prompt"
+    words = re.sub(r"[^a-z0-9]+", "-", spec.texts[prompt_index].lower()).strip("-")[:40].strip("-") or "prompt"
     return f"images/{method.slug}/{prompt_index:0{width}d}_{words}_seed{seed}.png"
 
 
 def check_output_dir(out_dir: Path, spec: CompareSpec, force: bool) -> None:
-    """Refuse (`CompareError`) a folder that holds a comparison of another configuration, unless ``force``."""
+    """Refuse (`CompareError`) a folder that holds a comparison of another configuration, unless ``force``. A
+    record without any image (a run that failed before its first image) counts as no record."""
     path = out_dir / CONFIG_FILE
-    if force or not path.exists():
+    if force or not path.exists() or not any((out_dir / "images").rglob("*.png")):
         return
     try:
         previous = json.loads(path.read_text())
@@ -122,50 +66,76 @@ def check_output_dir(out_dir: Path, spec: CompareSpec, force: bool) -> None:
 
 
 def write_config(out_dir: Path, spec: CompareSpec) -> None:
-    """Record the configuration of ``out_dir`` (main process, before generating)."""
-    data = {"tool": "turbo-diffusion compare", "fingerprint": spec.fingerprint(), "configuration": spec.configuration()}
-    atomic_write_text(out_dir / CONFIG_FILE, json.dumps(data, indent=2, default=str) + "\n")
+    """Record the configuration of ``out_dir``."""
+    write_json(out_dir / CONFIG_FILE, {"tool": "turbo-diffusion compare", "fingerprint": spec.fingerprint(),
+                                       "configuration": spec.configuration()})
+
+
+def generation_size(pipe: Any, spec: CompareSpec) -> tuple[int, int]:
+    """The ``(height, width)`` in pixels the pipeline generates: the spec's, else the pipeline's default."""
+    default = pipe.unet.config.sample_size * getattr(pipe, "vae_scale_factor", 8)
+    return spec.height or default, spec.width or default
 
 
 def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequence[int], force: bool = False,
-             progress: bool = True, position: int = 0, random_note: str | None = None) -> list[ImageRecord]:
-    """Generate (or reuse) every image of ``prompt_indices`` x seeds x methods; return their records."""
+             progress: bool = True, position: int = 0, random_note: str | None = None,
+             on_first_image: Callable[[], None] | None = None,
+             log: Callable[[str], None] | None = None) -> list[ImageRecord]:
+    """Generate (or reuse) every image of ``prompt_indices`` x seeds x methods; return their records.
+    ``on_first_image`` is called once, just before the first new image is saved; ``log`` with a line before the
+    warm-up and before the generations (with the time they are expected to take)."""
     from tqdm.auto import tqdm
 
     fingerprint = spec.fingerprint()
-    items = [(p, s) for p in prompt_indices for s in spec.seeds]
     records: list[ImageRecord] = []
-    todo: list[tuple[int, int, int, Method]] = []  # (item number, prompt index, seed, method)
-    for number, (p, s) in enumerate(items):
-        for method in spec.methods:
-            rel = image_path(spec, method, p, s)
-            meta = None if force else _reusable(out_dir / rel, fingerprint)
-            if meta is None:
-                todo.append((number, p, s, method))
-            else:
-                records.append(ImageRecord(method.label, p, spec.prompts[p], s, rel, meta.get("seconds"),
-                                           meta.get("peak_memory_bytes"), reused=True))
+    todo: list[tuple[int, int, list[Method]]] = []  # (prompt index, seed, methods still to generate)
+    for p in prompt_indices:
+        for s in spec.seeds:
+            missing = []
+            for method in spec.methods:
+                rel = image_path(spec, method, p, s)
+                meta = None if force else _reusable(out_dir / rel, fingerprint)
+                if meta is None:
+                    missing.append(method)
+                else:
+                    records.append(ImageRecord(method.label, p, spec.texts[p], s, rel, meta.get("seconds"),
+                                               meta.get("peak_memory_bytes"), reused=True))
+            if missing:
+                todo.append((p, s, missing))
     if not todo:
         return _ordered(records, spec)
 
     pipe.set_progress_bar_config(disable=True)
     device = _device_of(pipe)
-    for method in {m.label: m for *_, m in todo}.values():  # one warm-up per method that will be timed
-        _timed_generation(pipe, spec, method, spec.prompts[todo[0][1]], todo[0][2], device, steps=min(2, spec.steps))
-    # Rotate the methods' order from one prompt/seed to the next: no method always runs first.
-    n = len(spec.methods)
-    order = {m.label: i for i, m in enumerate(spec.methods)}
-    todo.sort(key=lambda t: (t[0], (order[t[3].label] - t[0]) % n))
-    bar = tqdm(total=len(todo), desc=f"compare[{position}]" if position else "compare", position=position,
-               disable=not progress, unit="img")
-    for _, p, s, method in todo:
-        image, seconds, peak = _timed_generation(pipe, spec, method, spec.prompts[p], s, device)
-        rel = image_path(spec, method, p, s)
-        meta = {"fingerprint": fingerprint, "method": method.label, "prompt_index": p, "seed": s,
-                "seconds": seconds, "peak_memory_bytes": peak, "device": str(device)}
-        save_png(image, out_dir / rel, meta, random_note)
-        records.append(ImageRecord(method.label, p, spec.prompts[p], s, rel, seconds, peak))
-        bar.update(1)
+    grid = level_grid(*generation_size(pipe, spec), attention_level(pipe.unet))
+    say = log or (lambda _: None)
+    warm_steps = min(2, spec.steps)
+    timed_methods = {m.label: m for *_, methods in todo for m in methods}
+    say(f"warming up: one {warm_steps}-step generation for each of {len(timed_methods)} methods")
+    peaks, step_seconds = {}, {}
+    for method in timed_methods.values():
+        with installed(pipe, method.at_grid(grid)), peak_memory(device) as peak:
+            warm = partial(_generate_one, pipe, spec, spec.texts[todo[0][0]], todo[0][1], warm_steps)
+            step_seconds[method.label] = timed(warm, device)[1] / warm_steps
+        peaks[method.label] = round(peak.total_mib * MIB)
+    expected = sum(step_seconds[m.label] * spec.steps for *_, methods in todo for m in methods)
+    say(f"generating {sum(len(m) for *_, m in todo)} images of {spec.steps} steps: expected about "
+        f"{about(expected)} (from the warm-up)")
+    bar = tqdm(total=sum(len(m) for *_, m in todo), desc=f"compare[{position}]" if position else "compare",
+               position=position, disable=not progress, unit="img")
+    for number, (p, s, methods) in enumerate(todo):
+        for method in rotated(methods, number):  # no method always runs first
+            with installed(pipe, method.at_grid(grid)):
+                image, seconds = timed(partial(_generate_one, pipe, spec, spec.texts[p], s, spec.steps), device)
+            if on_first_image is not None:
+                on_first_image()
+                on_first_image = None
+            rel = image_path(spec, method, p, s)
+            meta = {"fingerprint": fingerprint, "method": method.label, "prompt_index": p, "seed": s,
+                    "seconds": seconds, "peak_memory_bytes": peaks[method.label], "device": str(device)}
+            save_png(image, out_dir / rel, meta, random_note)
+            records.append(ImageRecord(method.label, p, spec.texts[p], s, rel, seconds, peaks[method.label]))
+            bar.update(1)
     bar.close()
     return _ordered(records, spec)
 
@@ -174,26 +144,6 @@ def _ordered(records: list[ImageRecord], spec: CompareSpec) -> list[ImageRecord]
     order = {m.label: i for i, m in enumerate(spec.methods)}
     seeds = {s: i for i, s in enumerate(spec.seeds)}
     return sorted(records, key=lambda r: (r.prompt_index, seeds[r.seed], order[r.method]))
-
-
-def _timed_generation(pipe: Any, spec: CompareSpec, method: Method, prompt: str, seed: int, device: torch.device,
-                      steps: int | None = None) -> tuple[Image.Image, float, int | None]:
-    """One image with ``method`` installed: (image, seconds, peak CUDA bytes or ``None``)."""
-    cuda = device.type == "cuda"
-    method.install(pipe)
-    try:
-        if cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        image = _generate_one(pipe, spec, prompt, seed, steps or spec.steps)
-        if cuda:
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated(device) if cuda else None
-    finally:
-        method.uninstall(pipe)
-    return image, seconds, peak
 
 
 def _generate_one(pipe: Any, spec: CompareSpec, prompt: str, seed: int, steps: int) -> Image.Image:
@@ -240,10 +190,3 @@ def read_png_meta(path: Path) -> dict[str, Any] | None:
 def _reusable(path: Path, fingerprint: str) -> dict[str, Any] | None:
     meta = read_png_meta(path) if path.exists() else None
     return meta if meta and meta.get("fingerprint") == fingerprint else None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

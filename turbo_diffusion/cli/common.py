@@ -1,0 +1,54 @@
+"""What every subcommand shares: the same flags for the same things, stage messages, and the errors that end a
+command in one line. Nothing here imports torch: arguments are parsed and checked before any heavy import."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from ..harness.loading import DTYPES, about, loading_message  # noqa: F401 (the subcommands' stage messages)
+from ..model_names import RANDOM_WEIGHT_MODELS, TRAINED_MODELS
+
+OUTPUTS = "outputs"  # default folder of every file a command writes (covered by .gitignore)
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (e.g. a ratio out of range): one line, exit code 2."""
+
+
+def add_model(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument("--model", default=default, required=default is None,
+                        help=f"{' | '.join(RANDOM_WEIGHT_MODELS)} (built-in, random weights, offline), "
+                             f"{' | '.join(TRAINED_MODELS)} (built-in, trained here on drawn scenes), a local "
+                             "folder or a Hub id" + (f" (default: {default})" if default else ""))
+
+
+def device_name(value: str) -> str:
+    """argparse type of ``--device``: checked by its form here, against the machine once torch is loaded."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from auto, cpu, cuda, cuda:N)")
+    return value
+
+
+def add_device(parser: argparse.ArgumentParser, device: str = "auto", dtype: str = "auto") -> None:
+    parser.add_argument("--device", default=device, type=device_name,
+                        help=f"auto (CUDA when available), cpu, cuda or cuda:N (default: {device})")
+    parser.add_argument("--dtype", default=dtype, choices=DTYPES,
+                        help=f"weights' dtype; auto: float16 on CUDA, float32 on the CPU (default: {dtype})")
+
+
+def add_guidance(parser: argparse.ArgumentParser, default: float | None, dest: str = "guidance") -> None:
+    parser.add_argument("--guidance", "--guidance-scale", dest=dest, type=float, default=default, metavar="SCALE",
+                        help="classifier-free guidance scale (default: " + (f"{default:g})" if default is not None
+                                                                             else "the preset's, else 7.5)"))
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def stage(command: str, message: str) -> None:
+    """Say on stderr what the command is doing now (stdout keeps the results)."""
+    print(f"turbo-diffusion {command}: {message}", file=sys.stderr, flush=True)
+

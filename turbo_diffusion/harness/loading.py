@@ -1,0 +1,78 @@
+"""Loading the model a tool runs on, with one error for every way it can fail (`ModelLoadError`), and the
+``auto`` device and dtype every subcommand understands. Imports torch only when called."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import HarnessError, ModelLoadError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+# Seconds to build each built-in model on the 2-core CPU this was developed on (imports not included).
+BUILD_SECONDS = {"tiny": 1, "tiny-xl": 1, "sd15-arch": 40, "sd21-arch": 50, "sdxl-arch": 160}
+
+
+def loading_message(model: str) -> str:
+    """What loading ``model`` does and how long it takes: ``"building sd15-arch (random weights; about 40 s on a
+    2-core CPU)"``, or ``"loading path/to/model"``."""
+    if model in BUILD_SECONDS:
+        return f"building {model} (random weights; about {about(BUILD_SECONDS[model])} on a 2-core CPU)"
+    return f"loading {model}"
+
+
+def about(seconds: float) -> str:
+    """A duration as a person says it: ``"40 s"``, ``"3 min"``."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def resolve_device(name: str) -> Any:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a `torch.device`;
+    `HarnessError` for anything else or for CUDA on a machine without it."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise HarnessError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HarnessError(f"device {name!r} asked for, but CUDA is not available in this torch build/machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise HarnessError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise HarnessError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
+def resolve_dtype(name: str, device: Any) -> str:
+    """``"auto"`` is float16 on CUDA and float32 elsewhere; other names of ``DTYPES`` are kept."""
+    if name not in DTYPES:
+        raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "auto":
+        return "float16" if device.type == "cuda" else "float32"
+    return name
+
+
+def load_model(model: str, dtype: str = "float32", device: Any = "cpu", seed: int = 0) -> Any:
+    """The pipeline of ``model`` (a built-in name, a local folder or a Hub id; see `turbo_diffusion.models`) in
+    ``dtype`` (a name of ``DTYPES`` but ``auto``) on ``device``. ``seed`` seeds built-in models' random weights.
+
+    Raises `ModelLoadError` with the first line of the reason when the model cannot be loaded or has no
+    `UNet2DConditionModel` (SD 1.x/2.x/SDXL).
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from ..models import load_pipeline
+
+    try:
+        # float32 is what pipelines load in; casting them to it again only makes diffusers warn.
+        pipe = load_pipeline(model, torch_dtype=None if dtype == "float32" else getattr(torch, dtype), seed=seed)
+    except (OSError, ValueError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load model {model!r}: {reason[:300]}") from err
+    if not isinstance(getattr(pipe, "unet", None), UNet2DConditionModel):
+        raise ModelLoadError(f"model {model!r} has no UNet2DConditionModel (SD 1.x/2.x/SDXL) to accelerate")
+    return pipe.to(device)
