@@ -29,7 +29,7 @@ from turbo_diffusion import (
     apply_turbo,
     remove_turbo,
 )
-from turbo_diffusion.hooks import _UNET_HOOK
+from turbo_diffusion.hooks import _INSTALLATIONS
 from turbo_diffusion.models import _accepted, tiny_components
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,16 +200,40 @@ def test_apply_turbo_on_controlnet_and_inpainting_pipelines(make):
     np.testing.assert_array_equal(generate(pipe, **extra), baseline)
 
 
+def content_mask_of(pipe):
+    return _INSTALLATIONS[pipe.unet].context.calls.get().content_mask
+
+
 def test_text_semantic_learns_the_prompts_content_tokens_from_the_pipeline():
     pipe = build(StableDiffusionPipeline)
     apply_turbo(pipe, semantic="text")
     generate(pipe)
-    context = pipe.unet._diffusers_hook.get_hook(_UNET_HOOK).context
-    mask = context.token_mask
+    mask = content_mask_of(pipe)
     # classifier-free guidance: [negative "" (no content), "a red cat" (7 character tokens, one per letter/word end)]
     assert mask.shape == (2, 77)
     assert mask[0].sum() == 0
     assert mask[1].sum() == 7 and mask[1, 1:8].all() and not mask[1, 0]
+
+
+def test_text_semantic_never_uses_another_prompts_token_mask():
+    pipe = build(StableDiffusionPipeline)
+    apply_turbo(pipe, semantic="text")
+    embeds, negative = pipe.encode_prompt("a red cat", "cpu", 1, True)
+    pipe.encode_prompt("a big blue dog", "cpu", 1, True)
+    pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=1, output_type="np", **SIZE)
+    # the embeddings' token ids are unknown: every token but the start token counts, in both halves
+    assert content_mask_of(pipe) is None
+
+
+def test_encode_prompt_calls_do_not_queue_up_token_ids():
+    pipe = build(StableDiffusionPipeline)
+    apply_turbo(pipe, semantic="text")
+    for _ in range(50):
+        pipe.encode_prompt("a red cat", "cpu", 1, True)
+    latest = _INSTALLATIONS[pipe.unet].context.prompts.latest()
+    assert latest.prompt.shape == (1, 77) and latest.negative.shape == (1, 77)
+    remove_turbo(pipe)
+    assert "encode_prompt" not in vars(pipe) and not pipe.text_encoder._diffusers_hook.hooks
 
 
 @pytest.mark.parametrize("cls", [TurboStableDiffusionPipeline, TurboStableDiffusionXLPipeline])

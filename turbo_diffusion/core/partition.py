@@ -7,13 +7,13 @@ stride does not divide the grid) are always sources and are attached to the near
 
 Everything that depends only on the shape (window positions, the table of "other offsets", neighbourhoods) is
 computed once per shape and device by :func:`window_grid`; the per-call work in :func:`partition_tokens` is two
-small gathers. Inside a ``torch.compile`` graph the layout is built from shape-only ops instead of read from the
-cache (no ``nonzero``, no boolean indexing), which the compiler folds into constants.
+small gathers. The layout is built from shape-only ops (no ``nonzero``, no boolean indexing), so it can also be
+built inside a ``torch.compile`` graph when it was not cached before.
 """
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +64,10 @@ def window_count(height: int, width: int, sx: int = 2, sy: int = 2) -> int:
     return (height // min(sy, height)) * (width // min(sx, width))
 
 
+_GRIDS: OrderedDict[tuple, WindowGrid] = OrderedDict()  # the cache of window_grid, least recently used first
+_CACHE_SIZE = 128
+
+
 def window_grid(
     height: int, width: int, sx: int = 2, sy: int = 2, radius: int | None = 1, device: str = "cpu"
 ) -> WindowGrid:
@@ -77,16 +81,20 @@ def window_grid(
         device: where the index tensors live (a string so the cache key is hashable).
 
     The cached layout is shared: treat its tensors as read-only (:func:`partition_tokens` hands out copies).
+    Inside a compiled graph the cache is only read: a layout built before compilation (``apply_turbo``'s UNet
+    hook builds its levels' layouts) enters the graph as constant inputs; a missing one is built in the graph.
     """
+    key = (height, width, sx, sy, radius, device)
+    grid = _GRIDS.get(key)
     if torch.compiler.is_compiling():
-        # Traced: build it in the graph from shape-only ops rather than trace through a Python cache.
-        return _build_window_grid(height, width, sx, sy, radius, device)
-    return _cached_window_grid(height, width, sx, sy, radius, device)
-
-
-@functools.lru_cache(maxsize=128)
-def _cached_window_grid(height: int, width: int, sx: int, sy: int, radius: int | None, device: str) -> WindowGrid:
-    return _build_window_grid(height, width, sx, sy, radius, device)
+        return grid if grid is not None else _build_window_grid(*key)
+    if grid is None:
+        grid = _GRIDS[key] = _build_window_grid(*key)
+        if len(_GRIDS) > _CACHE_SIZE:
+            _GRIDS.popitem(last=False)
+    else:
+        _GRIDS.move_to_end(key)
+    return grid
 
 
 def _build_window_grid(height: int, width: int, sx: int, sy: int, radius: int | None, device: str) -> WindowGrid:
