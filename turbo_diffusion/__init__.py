@@ -10,14 +10,15 @@ from typing import Any
 
 from .config import TurboConfig
 from .hooks import apply_turbo, remove_turbo, turbo_config_of
+from .inspection import PlanRecord, inspect_plans
 from .processor import TurboProcessor
 
 __version__ = "0.1.0"
 
 _PIPELINES = ("TurboStableDiffusionPipeline", "TurboStableDiffusionImg2ImgPipeline", "TurboStableDiffusionXLPipeline")
 
-__all__ = ["TurboConfig", "TurboProcessor", "apply_turbo", "remove_turbo", "turbo_config_of", "__version__",
-           *_PIPELINES]
+__all__ = ["PlanRecord", "TurboConfig", "TurboProcessor", "apply_turbo", "inspect_plans", "remove_turbo",
+           "turbo_config_of", "__version__", *_PIPELINES]
 
 
 def __getattr__(name: str) -> Any:
