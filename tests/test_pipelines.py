@@ -31,6 +31,7 @@ from turbo_diffusion import (
     turbo_config_of,
 )
 from turbo_diffusion.hooks import _INSTALLATIONS
+from turbo_diffusion.kernels import xformers_available
 from turbo_diffusion.models import _accepted, load_pipeline, tiny_components
 
 REPO = Path(__file__).resolve().parents[1]
@@ -354,3 +355,11 @@ def test_a_pipeline_with_text_semantics_is_garbage_collected():
     del pipe
     gc.collect()
     assert unet() is None
+
+
+@pytest.mark.skipif(xformers_available(), reason="xformers is installed here")
+def test_enable_turbo_with_xformers_missing_leaves_turbo_as_it_was():
+    pipe = build(TurboStableDiffusionPipeline, turbo={"ratio": 0.4})
+    with pytest.raises(ImportError, match="xformers"):
+        pipe.enable_turbo(backend="xformers")
+    assert pipe.turbo_config == TurboConfig(ratio=0.4)
