@@ -1,6 +1,9 @@
+import json
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from turbo_diffusion import TurboConfig, TurboProcessor, apply_turbo
 from turbo_diffusion.config import resolve_config
@@ -97,3 +100,40 @@ def test_parse_fields_rejects_malformed_items(spec, message):
 
     with pytest.raises(ValueError, match=message):
         parse_fields(spec)
+
+
+NUMPY_AND_TORCH_SCALARS = [
+    ("ratio", np.float32(0.25), 0.25, float),
+    ("ratio", torch.tensor(0.5), 0.5, float),
+    ("ratio", 0, 0.0, float),
+    ("alpha", np.int64(2), 2.0, float),
+    ("max_downsample", np.int64(2), 2, int),
+    ("max_downsample", torch.tensor(4), 4, int),
+    ("sx", np.int64(3), 3, int),
+    ("seed", np.uint64(2**64 - 1), 2**64 - 1, int),
+    ("plan_every", torch.tensor(3), 3, int),
+    ("use_rand", np.bool_(False), False, bool),
+    ("semantic", np.str_("none"), "none", str),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "stored", "kind"), NUMPY_AND_TORCH_SCALARS)
+def test_numpy_and_torch_scalars_are_stored_as_plain_python_values(field, value, stored, kind):
+    cfg = TurboConfig(**{field: value})
+    assert getattr(cfg, field) == stored and type(getattr(cfg, field)) is kind
+    assert TurboConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("max_downsample", 2.0), ("max_downsample", torch.tensor(2.0)), ("sx", np.float64(2.0)), ("seed", 3.0),
+    ("plan_every", np.float32(2)), ("match_radius", 1.0), ("ratio", np.bool_(True)), ("ratio", torch.ones(2)),
+])
+def test_integer_fields_reject_floats_and_numbers_reject_bools_and_arrays(field, value):
+    with pytest.raises(ValueError, match=field):
+        TurboConfig(**{field: value})
+
+
+@pytest.mark.parametrize("seed", [-(2**63) - 1, 2**64, 10**30])
+def test_seed_is_limited_to_the_generator_range(seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[-9223372036854775808, 18446744073709551615\]"):
+        TurboConfig(seed=seed)

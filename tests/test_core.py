@@ -4,12 +4,15 @@ import pytest
 import torch
 
 from turbo_diffusion.core import (
+    MergePlan,
     global_query_attention,
     information_degree,
+    merged_count,
     mutual_redundancy,
     partition_tokens,
     plan_merge,
     random_offsets,
+    seeded_offsets,
     text_attention_mass,
     window_grid,
 )
@@ -206,3 +209,102 @@ def test_bfloat16_plan_round_trip():
     plan = plan_merge(x, _partition(30, 30), 450)
     y = plan.restore(plan.merge(x))
     assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+
+
+# -- the cached layout, seeding and plan reuse ------------------------------------------------------------------
+def test_partition_hands_out_copies_not_the_cached_layout():
+    grid = window_grid(4, 6, 2, 2, 1)
+    base = grid.window_base.clone()
+    part = partition_tokens(grid, None)
+    part.dst.fill_(-1)
+    part.src.fill_(-1)
+    assert torch.equal(window_grid(4, 6, 2, 2, 1).window_base, base)
+
+
+@pytest.mark.parametrize(("h", "w"), SHAPES)
+def test_leftover_tokens_are_the_tokens_outside_full_windows_in_row_major_order(h, w):
+    grid = window_grid(h, w, 2, 2, 1)
+    sy, sx = min(2, h), min(2, w)
+    rows, cols = h // sy, w // sx
+    expected = [p for p in range(h * w) if p // w >= rows * sy or p % w >= cols * sx]
+    assert grid.leftover.tolist() == expected
+
+
+def test_others_lists_every_other_offset_of_the_window():
+    grid = window_grid(4, 6, 3, 2, 1)
+    k = grid.window_size
+    assert grid.others.tolist() == [[j for j in range(k) if j != o] for o in range(k)]
+
+
+def test_mul32_is_multiplication_modulo_two_to_the_32():
+    from turbo_diffusion.core.seeding import _mul32
+
+    x = torch.randint(0, 2**32, (1000,), dtype=torch.long, generator=torch.Generator().manual_seed(0))
+    for constant in (0x85EBCA6B, 0xC2B2AE35, 0x9E3779B9, 3):
+        assert _mul32(x, constant).tolist() == [(v * constant) % 2**32 for v in x.tolist()]
+
+
+def test_fmix32_matches_murmur3_on_python_ints_and_tensors():
+    from turbo_diffusion.core.seeding import fmix32
+
+    def reference(h):
+        h ^= h >> 16
+        h = (h * 0x85EBCA6B) % 2**32
+        h ^= h >> 13
+        h = (h * 0xC2B2AE35) % 2**32
+        return h ^ (h >> 16)
+
+    values = [0, 1, 2, 12345, 2**31, 2**32 - 1]
+    assert [fmix32(v) for v in values] == [reference(v) for v in values]
+    assert fmix32(torch.tensor(values)).tolist() == [reference(v) for v in values]
+
+
+def test_seeded_offsets_repeat_for_the_same_seed_and_timestep():
+    grid = window_grid(33, 17, 2, 2, 1)
+    a = seeded_offsets(grid, 7, torch.tensor(500.0))
+    assert torch.equal(a, seeded_offsets(grid, 7, torch.tensor([500.0, 3.0])))  # the first timestep counts
+    assert a.dtype == torch.long and a.shape == (grid.num_windows,)
+    assert a.min() >= 0 and a.max() < grid.window_size
+
+
+def test_seeded_offsets_change_with_seed_and_timestep():
+    grid = window_grid(32, 32, 2, 2, 1)
+    a = seeded_offsets(grid, 0, torch.tensor(500.0))
+    assert not torch.equal(a, seeded_offsets(grid, 1, torch.tensor(500.0)))
+    assert not torch.equal(a, seeded_offsets(grid, 0, torch.tensor(499.0)))
+    assert not torch.equal(a, seeded_offsets(grid, 0, torch.tensor(500.25)))  # fractional timesteps too
+    assert not torch.equal(a, seeded_offsets(grid, 2**64 - 1, torch.tensor(500.0)))
+
+
+def test_seeded_offsets_are_close_to_uniform():
+    grid = window_grid(64, 64, 2, 2, 1)  # 1024 windows
+    counts = torch.stack([torch.bincount(seeded_offsets(grid, 0, torch.tensor(float(t))), minlength=4)
+                          for t in range(0, 1000, 50)]).sum(0).float()
+    expected = counts.sum() / 4
+    assert ((counts - expected).abs() / expected).max() < 0.05
+
+
+def test_plan_indices_rebuild_the_same_plan():
+    x = torch.randn(2, 30 * 30, 8)
+    plan = plan_merge(x, _partition(30, 30), 450)
+    again = MergePlan.from_indices(plan.indices(), plan.num_tokens, plan.num_dst)
+    assert torch.equal(again.restore(again.merge(x)), plan.restore(plan.merge(x)))
+    assert [t.shape for t in MergePlan.empty_indices(2, 900, 450, torch.device("cpu"))] == \
+        [t.shape for t in plan.indices()]
+
+
+def test_plan_keeps_the_scores_it_was_chosen_by():
+    x = torch.randn(2, 16 * 16, 8)
+    part = _partition(16, 16)
+    semantic = torch.rand(2, 256)
+    plan = plan_merge(x, part, 100, semantic, alpha=0.5)
+    redundancy, _ = mutual_redundancy(x, part)
+    torch.testing.assert_close(plan.scores.redundancy, redundancy)
+    torch.testing.assert_close(plan.scores.degree, redundancy - 0.5 * semantic[:, part.src])
+    assert plan.scores.semantic is semantic and plan.scores.partition is part
+
+
+def test_merged_count_keeps_one_destination_per_window():
+    assert merged_count(100, 25, 0.5) == 50
+    assert merged_count(100, 25, 0.9) == 75
+    assert merged_count(3, 1, 0.1) == 0

@@ -28,10 +28,12 @@ from turbo_diffusion import (
     TurboStableDiffusionXLPipeline,
     apply_turbo,
     remove_turbo,
+    turbo_config_of,
 )
 from turbo_diffusion.community import pipeline_file
-from turbo_diffusion.hooks import _UNET_HOOK
-from turbo_diffusion.models import _accepted, tiny_components
+from turbo_diffusion.hooks import _INSTALLATIONS
+from turbo_diffusion.kernels import xformers_available
+from turbo_diffusion.models import _accepted, load_pipeline, tiny_components
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = dict(height=64, width=96)  # non-square: an 8 x 12 latent
@@ -209,16 +211,40 @@ def test_apply_turbo_on_controlnet_and_inpainting_pipelines(make):
     np.testing.assert_array_equal(generate(pipe, **extra), baseline)
 
 
+def content_mask_of(pipe):
+    return _INSTALLATIONS[pipe.unet].context.calls.get().content_mask
+
+
 def test_text_semantic_learns_the_prompts_content_tokens_from_the_pipeline():
     pipe = build(StableDiffusionPipeline)
     apply_turbo(pipe, semantic="text")
     generate(pipe)
-    context = pipe.unet._diffusers_hook.get_hook(_UNET_HOOK).context
-    mask = context.token_mask
+    mask = content_mask_of(pipe)
     # classifier-free guidance: [negative "" (no content), "a red cat" (7 character tokens, one per letter/word end)]
     assert mask.shape == (2, 77)
     assert mask[0].sum() == 0
     assert mask[1].sum() == 7 and mask[1, 1:8].all() and not mask[1, 0]
+
+
+def test_text_semantic_never_uses_another_prompts_token_mask():
+    pipe = build(StableDiffusionPipeline)
+    apply_turbo(pipe, semantic="text")
+    embeds, negative = pipe.encode_prompt("a red cat", "cpu", 1, True)
+    pipe.encode_prompt("a big blue dog", "cpu", 1, True)
+    pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=1, output_type="np", **SIZE)
+    # the embeddings' token ids are unknown: every token but the start token counts, in both halves
+    assert content_mask_of(pipe) is None
+
+
+def test_encode_prompt_calls_do_not_queue_up_token_ids():
+    pipe = build(StableDiffusionPipeline)
+    apply_turbo(pipe, semantic="text")
+    for _ in range(50):
+        pipe.encode_prompt("a red cat", "cpu", 1, True)
+    latest = _INSTALLATIONS[pipe.unet].context.prompts.latest()
+    assert latest.prompt.shape == (1, 77) and latest.negative.shape == (1, 77)
+    remove_turbo(pipe)
+    assert "encode_prompt" not in vars(pipe) and not pipe.text_encoder._diffusers_hook.hooks
 
 
 @pytest.mark.parametrize("cls", [TurboStableDiffusionPipeline, TurboStableDiffusionXLPipeline])
@@ -228,3 +254,121 @@ def test_turbo_argument_type_is_one_older_diffusers_can_read(cls):
     annotation = inspect.signature(cls.__init__).parameters["turbo"].annotation
     assert typing.get_origin(annotation) is typing.Union
     assert set(typing.get_args(annotation)) == {TurboConfig, dict[str, typing.Any], bool, type(None)}
+
+
+# -- issue 9: failed changes, replaced processors, configs and files -------------------------------------------
+def test_a_failed_enable_turbo_leaves_turbo_as_it_was():
+    pipe = build(TurboStableDiffusionXLPipeline, xl=True, turbo={"ratio": 0.4})
+    with pytest.raises(ValueError, match="max_downsample=1 merges nothing"):
+        pipe.enable_turbo(max_downsample=1)
+    with pytest.raises(ValueError, match="ratio"):
+        pipe.enable_turbo(ratio=3)
+    assert pipe.turbo_config == TurboConfig(ratio=0.4)
+
+
+@pytest.mark.parametrize("switch", ["enable_attention_slicing", "fuse_qkv_projections"])
+def test_turbo_pipelines_keep_turbo_through_processor_switches(switch):
+    pipe = build(TurboStableDiffusionPipeline, turbo={"ratio": 0.4})
+    plain = build(StableDiffusionPipeline)
+    getattr(plain, switch)()
+    getattr(pipe, switch)()
+    assert pipe.turbo_config == TurboConfig(ratio=0.4)
+    assert np.abs(generate(pipe) - generate(plain)).max() > 1e-4  # still merging
+    pipe.disable_turbo()
+    np.testing.assert_allclose(generate(pipe), generate(plain), atol=1e-6)
+
+
+def test_attention_slicing_after_apply_turbo_leaves_the_pipeline_honestly_unaccelerated(caplog):
+    pipe, plain = build(StableDiffusionPipeline), build(StableDiffusionPipeline)
+    apply_turbo(pipe)
+    pipe.enable_attention_slicing()
+    plain.enable_attention_slicing()
+    with caplog.at_level("WARNING", logger="turbo_diffusion"):
+        np.testing.assert_array_equal(generate(pipe), generate(plain))
+        assert turbo_config_of(pipe) is None
+    assert "enable_attention_slicing" in caplog.text and caplog.text.count("Turbo is off") == 1
+
+
+CONFIGS = [
+    {},
+    {"ratio": np.float32(0.25), "max_downsample": np.int64(2), "sx": np.int64(3), "seed": np.uint64(2**64 - 1)},
+    {"ratio": torch.tensor(0.3), "plan_every": torch.tensor(2), "use_rand": np.bool_(False), "seed": -(2**63)},
+    {"alpha": 0, "semantic": "none", "match_radius": None, "mode": "kv"},
+    {"semantic": "text", "merge_crossattn": True, "merge_mlp": True, "backend": "sdpa"},
+]
+
+
+@pytest.mark.parametrize("fields", CONFIGS)
+def test_every_accepted_config_round_trips_through_save_pretrained(tmp_path, fields):
+    pipe = build(TurboStableDiffusionPipeline, turbo=fields)
+    pipe.save_pretrained(tmp_path)
+    assert TurboStableDiffusionPipeline.from_pretrained(tmp_path).turbo_config == TurboConfig(**fields)
+
+
+def test_turbo_config_json_is_written_atomically(tmp_path, monkeypatch):
+    import turbo_diffusion.pipelines as pipelines_module
+
+    pipe = build(TurboStableDiffusionPipeline, turbo={"ratio": 0.35})
+    pipe.save_pretrained(tmp_path)
+    before = (tmp_path / "turbo_config.json").read_text()
+    real_dump = json.dump
+
+    def failing_dump(data, f, **kwargs):
+        f.write("{")  # half a file, then the failure
+        raise OSError("disk full")
+
+    pipe.enable_turbo(ratio=0.6)
+    monkeypatch.setattr(pipelines_module.json, "dump", failing_dump)
+    with pytest.raises(OSError, match="disk full"):
+        pipelines_module._write_json_atomically(str(tmp_path / "turbo_config.json"), pipe.turbo_config.to_dict())
+    monkeypatch.setattr(pipelines_module.json, "dump", real_dump)
+    assert (tmp_path / "turbo_config.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.glob(".tmp-*")) == []
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("null", "holds null; expected a JSON object of TurboConfig fields"),
+    ("0.5", "holds 0.5; expected a JSON object"),
+    ("[]", "holds \\[\\]; expected a JSON object"),
+    ("{ratio: 0.5", "cannot be read as JSON .*expected a JSON object"),
+    (None, "is not a file; expected a JSON object"),
+    ('{"ratio": 1.5}', "turbo_config.json: ratio must be a number in \\[0, 1\\), got 1.5"),
+    ('{"ratio": 0.5, "bogus": 1}', "turbo_config.json: unknown TurboConfig field\\(s\\) bogus; known fields"),
+])
+def test_a_bad_turbo_config_json_gives_one_error_naming_the_file(tmp_path, content, message):
+    build(StableDiffusionPipeline).save_pretrained(tmp_path)
+    target = tmp_path / "turbo_config.json"
+    if content is None:
+        target.mkdir()
+    else:
+        target.write_text(content)
+    with pytest.raises(ValueError, match=message) as err:
+        TurboStableDiffusionPipeline.from_pretrained(tmp_path)
+    assert str(target) in str(err.value)
+
+
+def test_load_pipeline_passes_constructor_arguments_and_rejects_unknown_ones():
+    pipe = load_pipeline("tiny", pipeline_class=TurboStableDiffusionPipeline, turbo={"ratio": 0.3})
+    assert pipe.turbo_config.ratio == 0.3
+    with pytest.raises(TypeError, match="bogus"):
+        load_pipeline("tiny", pipeline_class=TurboStableDiffusionPipeline, turbo={"ratio": 0.3}, bogus=1)
+
+
+def test_a_pipeline_with_text_semantics_is_garbage_collected():
+    import gc
+    import weakref
+
+    pipe = build(StableDiffusionPipeline)
+    apply_turbo(pipe, semantic="text")
+    unet = weakref.ref(pipe.unet)
+    del pipe
+    gc.collect()
+    assert unet() is None
+
+
+@pytest.mark.skipif(xformers_available(), reason="xformers is installed here")
+def test_enable_turbo_with_xformers_missing_leaves_turbo_as_it_was():
+    pipe = build(TurboStableDiffusionPipeline, turbo={"ratio": 0.4})
+    with pytest.raises(ImportError, match="xformers"):
+        pipe.enable_turbo(backend="xformers")
+    assert pipe.turbo_config == TurboConfig(ratio=0.4)

@@ -56,7 +56,7 @@ def test_default_config_merges_stays_finite_and_removal_is_exact(make_unet):
     remove_turbo(unet)
     assert torch.equal(run(unet, args, kwargs), baseline)
     assert unet.attn_processors == processors_before
-    assert not unet._diffusers_hook.hooks
+    assert not unet._forward_pre_hooks and not getattr(unet, "_diffusers_hook", None)
 
 
 def test_sd15_merges_only_full_resolution_blocks_with_the_asked_count(sd15_unet, merges):
@@ -169,17 +169,22 @@ def test_semantic_modes_and_alpha_change_the_choice(sd15_unet, semantic):
         assert not torch.equal(heavy, tome)
 
 
-def test_text_semantic_uses_the_prompts_content_tokens(sd15_unet):
-    from turbo_diffusion.context import TurboContext
+def test_text_semantic_lays_the_prompts_content_tokens_over_the_guidance_batch():
+    from turbo_diffusion.prompts import EncodedPrompt, content_mask
 
-    ctx = TurboContext(TurboConfig(semantic="text"))
-    ctx.special_token_ids = (0, 9)  # start, end/pad
-    ctx.record_prompt_ids(torch.tensor([[0, 5, 6, 9, 9]]))  # prompt
-    ctx.record_prompt_ids(torch.tensor([[0, 9, 9, 9, 9]]))  # negative prompt
-    ctx.start_call((8, 8), 10, batch=2)
-    # classifier-free guidance stacks [negative, prompt]
-    assert ctx.content_mask(2, 5, torch.device("cpu")).tolist() == [
-        [False] * 5, [False, True, True, False, False]]
+    encoded = EncodedPrompt(prompt=torch.tensor([[0, 5, 6, 9, 9]]), negative=torch.tensor([[0, 9, 9, 9, 9]]))
+    # classifier-free guidance stacks [negative, prompt], each repeated per image
+    assert content_mask(encoded, 4, special_ids=(0, 9)).tolist() == [
+        [False] * 5, [False] * 5, [False, True, True, False, False], [False, True, True, False, False]]
+
+
+def test_text_semantic_counts_every_token_but_the_start_for_prompts_given_as_embeddings():
+    from turbo_diffusion.prompts import EncodedPrompt, content_mask
+
+    encoded = EncodedPrompt(prompt=None, negative=None, negative_zeroed=True)
+    assert content_mask(encoded, 2, special_ids=(0, 9)) is None  # nothing known: every row falls back
+    encoded = EncodedPrompt(prompt=None, negative=torch.tensor([[0, 9, 9]]))
+    assert content_mask(encoded, 2, special_ids=(0, 9)).tolist() == [[False] * 3, [False, True, True]]
 
 
 def test_text_mass_is_forgotten_when_a_new_generation_starts(sd15_unet):
@@ -280,3 +285,137 @@ def test_unsupported_models_get_a_clear_type_error():
                                 down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2))
     with pytest.raises(TypeError, match="supports UNet2DConditionModel"):
         apply_turbo(torch.nn.Linear(2, 2))
+
+
+# -- issue 9 and 12: pass-through, removal, failed re-apply, replaced processors, threads, guards, warnings -----
+def test_ratio_zero_over_the_classic_attn_processor_is_bit_for_bit(sd15_unet):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    sd15_unet.set_attn_processor(AttnProcessor())
+    args, kwargs = unet_args(sd15_unet)
+    baseline = run(sd15_unet, args, kwargs)
+    apply_turbo(sd15_unet, ratio=0)
+    assert torch.equal(run(sd15_unet, args, kwargs), baseline)
+
+
+def test_remove_turbo_takes_off_bare_turbo_processors(sd15_unet):
+    args, kwargs = unet_args(sd15_unet)
+    baseline = run(sd15_unet, args, kwargs)
+    sd15_unet.set_attn_processor(TurboProcessor(ratio=0.5))
+    assert turbo_config_of(sd15_unet) == TurboConfig(ratio=0.5)
+    remove_turbo(sd15_unet)
+    assert not any(isinstance(p, TurboProcessor) for p in sd15_unet.attn_processors.values())
+    assert turbo_config_of(sd15_unet) is None
+    assert torch.equal(run(sd15_unet, args, kwargs), baseline)
+
+
+@pytest.mark.parametrize("bad", [{"max_downsample": 1}, {"backend": "xformers"}, {"ratio": 2.0}])
+def test_a_failed_apply_turbo_leaves_the_previous_installation_working(sdxl_unet, bad):
+    from turbo_diffusion.kernels import xformers_available
+
+    if "backend" in bad and xformers_available():
+        pytest.skip("xformers is installed here")
+    args, kwargs = unet_args(sdxl_unet)
+    apply_turbo(sdxl_unet, ratio=0.4)
+    before = run(sdxl_unet, args, kwargs)
+    with pytest.raises((ValueError, ImportError)):
+        apply_turbo(sdxl_unet, **{"ratio": 0.4, **bad})
+    assert turbo_config_of(sdxl_unet) == TurboConfig(ratio=0.4)
+    assert torch.equal(run(sdxl_unet, args, kwargs), before)
+
+
+@pytest.mark.parametrize(("replace", "named"), [
+    (lambda unet: unet.set_attn_processor(AttnProcessor2_0()), "set_attn_processor"),
+    (lambda unet: unet.set_attention_slice(2), "enable_attention_slicing"),
+    (lambda unet: unet.fuse_qkv_projections(), "fuse_qkv_projections"),
+])
+def test_a_call_that_replaces_turbos_processors_turns_turbo_honestly_off(sd15_unet, caplog, replace, named):
+    args, kwargs = unet_args(sd15_unet)
+    apply_turbo(sd15_unet)
+    replace(sd15_unet)
+    replaced = sd15_unet.attn_processors
+    with caplog.at_level("WARNING", logger="turbo_diffusion"):
+        assert turbo_config_of(sd15_unet) is None
+        assert turbo_config_of(sd15_unet) is None
+    assert [r.getMessage() for r in caplog.records if named in r.getMessage()] != []
+    assert len([r for r in caplog.records if "Turbo is off" in r.getMessage()]) == 1
+    assert sd15_unet.attn_processors == replaced and not sd15_unet._forward_pre_hooks
+    out = run(sd15_unet, args, kwargs)
+    remove_turbo(sd15_unet)  # nothing of Turbo's is left to remove
+    assert torch.equal(run(sd15_unet, args, kwargs), out)
+
+
+def test_turbo_notices_replaced_processors_at_the_next_call_too(sd15_unet, merges):
+    apply_turbo(sd15_unet)
+    sd15_unet.set_attn_processor(AttnProcessor2_0())
+    run(sd15_unet, *unet_args(sd15_unet))
+    assert merges == [] and not sd15_unet._forward_pre_hooks
+
+
+@pytest.mark.parametrize("make_slow", [lambda unet: unet.set_attention_slice(2),
+                                       lambda unet: unet.fuse_qkv_projections()], ids=["sliced", "fused"])
+def test_apply_turbo_over_sliced_or_fused_attention_merges_and_removes_back_to_it(sd15_unet, merges, make_slow):
+    make_slow(sd15_unet)
+    args, kwargs = unet_args(sd15_unet)
+    before, processors = run(sd15_unet, args, kwargs), sd15_unet.attn_processors
+    apply_turbo(sd15_unet)
+    assert not torch.equal(run(sd15_unet, args, kwargs), before)
+    assert merges == [(1024, 512)] * 3
+    remove_turbo(sd15_unet)
+    assert sd15_unet.attn_processors == processors
+    assert torch.equal(run(sd15_unet, args, kwargs), before)
+
+
+@pytest.mark.parametrize("fields", [{}, {"plan_every": 2}, {"semantic": "text", "merge_mlp": True}])
+def test_two_threads_on_one_unet_give_the_sequential_outputs(sd15_unet, fields):
+    import threading
+
+    apply_turbo(sd15_unet, **fields)
+    jobs = {"a": unet_args(sd15_unet, 32, 32, 1, seed=1), "b": unet_args(sd15_unet, 40, 24, 2, seed=2)}
+
+    def generation(name):
+        (sample, _), kwargs = jobs[name]
+        return [run(sd15_unet, (sample, torch.tensor(t)), kwargs) for t in (900, 700, 500)]
+
+    sequential = {name: generation(name) for name in jobs}
+    concurrent, barrier = {}, threading.Barrier(2)
+
+    def worker(name):
+        barrier.wait()
+        concurrent[name] = generation(name)
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name in jobs:
+        assert all(torch.equal(a, b) for a, b in zip(concurrent[name], sequential[name], strict=True))
+
+
+def test_a_masked_self_attention_pays_for_no_plan(merges, caplog):
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=2, dim_head=16).eval()
+    x, mask = torch.randn(1, 64, 32), torch.zeros(1, 64, 64)
+    with caplog.at_level("WARNING", logger="turbo_diffusion"), torch.no_grad():
+        out = TurboProcessor(ratio=0.5)(attn, x, attention_mask=mask)
+        expected = AttnProcessor2_0()(attn, x, attention_mask=mask)
+    assert merges == [] and torch.equal(out, expected)
+    assert "attention mask is not merged" in caplog.text
+
+
+def test_the_mask_warning_does_not_silence_the_prompt_mask_warning(caplog):
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=2, dim_head=16).eval()
+    processor = TurboProcessor(ratio=0.5)
+    processor.context.hooked = True  # as if apply_turbo had installed it, with a mismatched prompt mask
+    processor.context.calls.get().content_mask = torch.ones(1, 3, dtype=torch.bool)
+    with caplog.at_level("WARNING", logger="turbo_diffusion"):
+        processor(attn, torch.randn(1, 64, 32), attention_mask=torch.zeros(1, 64, 64))
+        processor._content_mask(1, 7, torch.device("cpu"))
+    assert "attention mask is not merged" in caplog.text
+    assert "prompt token mask (1, 3) does not fit" in caplog.text

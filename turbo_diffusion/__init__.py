@@ -16,9 +16,10 @@ _PIPELINES = ("TurboStableDiffusionPipeline", "TurboStableDiffusionImg2ImgPipeli
 _EXPORTS = {
     **dict.fromkeys(["apply_turbo", "remove_turbo", "turbo_config_of"], ".hooks"),
     "TurboProcessor": ".processor",
+    **dict.fromkeys(["PlanRecord", "inspect_plans"], ".inspection"),
     **dict.fromkeys(_PIPELINES, ".pipelines"),
 }
 
-__all__ = ["TurboConfig", "TurboProcessor", "apply_turbo", "remove_turbo", "turbo_config_of", "__version__",
-           *_PIPELINES]
+__all__ = ["PlanRecord", "TurboConfig", "TurboProcessor", "apply_turbo", "inspect_plans", "remove_turbo",
+           "turbo_config_of", "__version__", *_PIPELINES]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -13,11 +13,13 @@ SEMANTICS = ("attention", "text", "none")
 MODES = ("tokens", "kv")
 BACKENDS = ("auto", "sdpa", "xformers")
 DOWNSAMPLES = (1, 2, 4, 8)
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 @dataclass(frozen=True)
 class TurboConfig:
-    """Configuration of Turbo token merging. Every field is checked on construction (``ValueError``).
+    """Configuration of Turbo token merging. Every field is checked on construction (``ValueError`` naming it);
+    numpy and torch scalars are accepted and stored as plain Python values, so a config always saves as JSON.
 
     Attributes:
         ratio (`float`, defaults to 0.5): share of a layer's tokens removed by merging, ``floor(ratio * N)``,
@@ -37,8 +39,9 @@ class TurboConfig:
             Larger windows allow higher ratios but merge across longer distances. At least 1; ``sx * sy >= 2``.
         use_rand (`bool`, defaults to True): pick each window's destination at random (seeded) instead of the
             top-left token. Random choice avoids grid artefacts.
-        seed (`int`, defaults to 0): seed of those draws. With ``apply_turbo`` the generator is re-seeded from
-            (seed, timestep) at every UNet call, so a generation is reproducible whatever ran before.
+        seed (`int`, defaults to 0): seed of those draws, in ``[-2**63, 2**64)`` (``torch.Generator``'s range).
+            Each window's destination is a hash of (seed, timestep, window), so a generation is reproducible
+            whatever ran before, on any device and under ``torch.compile``.
         match_radius (`int`, *optional*, defaults to 1): compare each source only with the destinations of the
             ``(2 * radius + 1) ** 2`` windows around it. ``None`` compares with every destination (ToMe's global
             matching): the paper's exact redundancy, but its cost grows with N^2 and eats much of the speed-up.
@@ -48,7 +51,8 @@ class TurboConfig:
             stays, nothing is restored (cost ~ 1 - ratio): slower, closer to the original.
         plan_every (`int`, defaults to 1): recompute each block's merge plan every this many UNet calls (denoising
             steps) and reuse its indices in between. 1 plans every step; larger values save the planning time at
-            the cost of merging by slightly stale similarities. At least 1.
+            the cost of merging by slightly stale similarities. At least 1. Under ``torch.compile`` the choice is a
+            ``torch.cond`` in the graph; in eager mode it reads one flag from the device per UNet call.
         merge_attn (`bool`, defaults to True): merge around self-attention (where the time goes).
         merge_crossattn (`bool`, defaults to False): also merge around cross-attention (more speed, more change).
         merge_mlp (`bool`, defaults to False): also merge around the feed-forward (most speed, most change).
@@ -73,18 +77,23 @@ class TurboConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        _check_number("ratio", self.ratio, "a number in [0, 1)", lambda v: 0 <= v < 1)
-        _check_number("alpha", self.alpha, "a finite number >= 0", lambda v: v >= 0 and math.isfinite(v))
+        # numpy / torch scalars become plain Python values, so every accepted config is JSON (save_pretrained).
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
+        self._set("ratio", _number("ratio", self.ratio, "a number in [0, 1)", lambda v: 0 <= v < 1))
+        self._set("alpha", _number("alpha", self.alpha, "a finite number >= 0", lambda v: v >= 0 and math.isfinite(v)))
         _check_choice("semantic", self.semantic, SEMANTICS)
         _check_choice("backend", self.backend, BACKENDS)
         if self.max_downsample is not None:
-            _check_choice("max_downsample", self.max_downsample, DOWNSAMPLES + (None,))
+            _check_int("max_downsample", self.max_downsample, f"None or one of {DOWNSAMPLES}",
+                       lambda v: v in DOWNSAMPLES)
         for name in ("sx", "sy"):
             _check_int(name, getattr(self, name), "an integer >= 1", lambda v: v >= 1)
         if self.sx * self.sy < 2:
             raise ValueError(f"sx * sy must be at least 2 (a window needs a source besides its destination), "
                              f"got sx={self.sx}, sy={self.sy}")
-        _check_int("seed", self.seed, "an integer", lambda v: True)
+        _check_int("seed", self.seed, f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (torch.Generator's range)",
+                   lambda v: SEED_RANGE[0] <= v <= SEED_RANGE[1])
         _check_choice("mode", self.mode, MODES)
         _check_int("plan_every", self.plan_every, "an integer >= 1", lambda v: v >= 1)
         if self.match_radius is not None:
@@ -99,6 +108,9 @@ class TurboConfig:
         if not (self.merge_attn or self.merge_crossattn or self.merge_mlp):
             raise ValueError("merge_attn, merge_crossattn and merge_mlp are all False: nothing would be merged; "
                              "enable at least one (merge_attn=True is the default)")
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
 
     def replace(self, **fields: Any) -> TurboConfig:
         """A copy with some fields changed (validated again)."""
@@ -182,16 +194,26 @@ def _check_field_names(fields: dict[str, Any]) -> None:
         raise TypeError(f"unknown TurboConfig field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
 
 
-def _check_number(name: str, value: Any, allowed: str, ok) -> None:
+def _plain(value: Any) -> Any:
+    """A numpy scalar or a 0-d numpy array / torch tensor as the Python value it holds; anything else as is."""
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        return value.item()
+    return value
+
+
+def _number(name: str, value: Any, allowed: str, ok) -> float:
+    """``value`` as a float if it is a real number (not a bool) that satisfies ``ok``, else ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not ok(value):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return float(value)
 
 
 def _check_int(name: str, value: Any, allowed: str, ok) -> None:
+    """Integers only: a float, even 2.0, is rejected rather than truncated."""
     if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if isinstance(value, bool) or value not in choices:
+    if isinstance(value, bool) or not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")

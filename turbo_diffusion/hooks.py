@@ -1,20 +1,29 @@
-"""`apply_turbo` / `remove_turbo`: install Turbo on a UNet or a pipeline through diffusers hooks.
+"""`apply_turbo` / `remove_turbo`: install Turbo on a UNet or a pipeline through processors and hooks.
 
 What gets installed, and nothing else:
 
-* a `TurboProcessor` on the self-attention (``attn1``) of every transformer block at the merged levels, and on
-  their cross-attention (``attn2``) when ``merge_crossattn`` or ``semantic="text"`` needs it;
-* a UNet hook (diffusers ``HookRegistry``) that hands the processor the latent size and the timestep;
-* with ``merge_mlp``, a hook on those blocks' feed-forward that merges its input and restores its output;
-* with ``semantic="text"`` on a pipeline, a hook on the text encoder that records the prompt's token ids.
+* on the self-attention (``attn1``) of every transformer block at the merged levels, and on their cross-attention
+  (``attn2``) when ``merge_crossattn`` or ``semantic="text"`` needs it, a `TurboProcessor` wrapping the processor
+  that was there (it passes through to it wherever it does not merge);
+* a UNet forward pre-hook that reports each call's latent size and timestep (see `_CallStart` for why it is a
+  torch hook rather than a diffusers one);
+* with ``merge_mlp``, a diffusers hook on those blocks' feed-forward that merges its input and restores its output;
+* with ``semantic="text"`` on a pipeline, the prompt recorder of :mod:`turbo_diffusion.prompts`.
 
 Module classes are never renamed or swapped, so ``unet.compile_repeated_blocks()`` and LoRA loading see the
-model they expect (both tested). `remove_turbo` puts back exactly the processors that were there before.
+model they expect (both tested). Everything is validated before anything changes, so a failing `apply_turbo`
+leaves the previous state as it was. `remove_turbo` puts back exactly the processors that were there before.
+When anything else replaces Turbo's processors (``enable_attention_slicing()``, ``fuse_qkv_projections()``,
+``set_attn_processor(...)``, ...), Turbo takes itself off completely, with one warning naming the call, so it
+never reports itself on while merging nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,67 +34,140 @@ from diffusers.models.attention_processor import (
     AttnProcessor,
     AttnProcessor2_0,
     FusedAttnProcessor2_0,
+    SlicedAttnProcessor,
     XFormersAttnProcessor,
 )
+from torch.utils.hooks import RemovableHandle
 
 from .config import TurboConfig, resolve_config
 from .context import TurboContext
-from .processor import TurboProcessor
+from .core import MergePlan, merged_count, window_count, window_grid
+from .levels import grid_at
+from .processor import TurboProcessor, check_backend
+from .prompts import PromptRecorder, content_mask
+from .state import BlockState, CallState, ThreadLocal, block_memory
 
-_UNET_HOOK = "turbo_diffusion_unet"
+logger = logging.getLogger("turbo_diffusion")
+
 _FEED_FORWARD_HOOK = "turbo_diffusion_feed_forward"
-_TEXT_ENCODER_HOOK = "turbo_diffusion_text_encoder"
 
-# Processors Turbo may replace: plain attention. Anything else (IP-Adapter, custom) is left in place, with a warning.
-_REPLACEABLE = (AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0, XFormersAttnProcessor, TurboProcessor)
+# Processors Turbo may wrap: plain, fused, sliced and xformers attention (it keeps them for what it does not
+# merge). Anything else (IP-Adapter, custom) is left in place, with a warning.
+_WRAPPABLE = (AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0, SlicedAttnProcessor, XFormersAttnProcessor)
+
+# The diffusers calls that install each processor class, to say which one switched Turbo off.
+_INSTALLED_BY = {
+    "SlicedAttnProcessor": "enable_attention_slicing() / set_attention_slice()",
+    "FusedAttnProcessor2_0": "fuse_qkv_projections()",
+    "XFormersAttnProcessor": "enable_xformers_memory_efficient_attention()",
+    "AttnProcessor": "set_default_attn_processor() / set_attn_processor(AttnProcessor())",
+    "AttnProcessor2_0": "set_attn_processor(AttnProcessor2_0()) / unfuse_qkv_projections()",
+}
 
 SUPPORTED = "UNet2DConditionModel models: SD 1.x, SD 2.x, SDXL and the pipelines built on them " \
             "(text-to-image, img2img, inpainting, ControlNet, ...)"
 
 
-class _UNetHook(ModelHook):
-    """Before each UNet call: tell the context the latent size, the timestep and the batch."""
+@dataclass
+class _Installation:
+    """Everything one `apply_turbo` installed on a UNet, to undo it exactly."""
 
-    def __init__(self, context: TurboContext, saved_processors: dict[str, Any], hooked: list) -> None:
-        super().__init__()
-        self.context = context
-        self.saved_processors = saved_processors
-        self.hooked = hooked  # (module, hook name) pairs to remove with this one
+    context: TurboContext
+    originals: dict[str, Any]  # every layer's processor before Turbo
+    layers: list[tuple[torch.nn.Module, TurboProcessor]] = field(default_factory=list)
+    blocks: list[tuple[ThreadLocal[BlockState], int]] = field(default_factory=list)  # (memory, downsample)
+    hooked: list[tuple[torch.nn.Module, str]] = field(default_factory=list)  # diffusers hooks to remove
+    pre_hook: RemovableHandle | None = None
 
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any):
+    def replaced(self) -> Any:
+        """The processor that replaced one of Turbo's, or ``None`` while all of them are in place."""
+        for module, processor in self.layers:
+            if module.processor is not processor:
+                return module.processor
+        return None
+
+    def start_call(self, sample: torch.Tensor, timestep: object) -> None:
+        """Advance this thread's clock; on new shapes, allocate the blocks' storage (outside any graph)."""
+        context = self.context
+        call = context.calls.get()
+        batch, latent_hw = sample.shape[0], (int(sample.shape[-2]), int(sample.shape[-1]))
+        if call.start(latent_hw, batch, sample.device, timestep):
+            self._allocate(call, sample.device)
+        if context.prompts is not None:
+            self._lay_out_prompt(call, sample.device)
+
+    def _allocate(self, call: CallState, device: torch.device) -> None:
+        """Fresh per-block state for the call's shapes: the levels' window layouts, and storage that compiled
+        graphs copy plans and text mass into (so a graph's inputs are the same objects at every step)."""
+        cfg = self.context.config
+        for memory, downsample in self.blocks:
+            state = memory.get()
+            state.plan = state.saved = state.text_mass = None
+            h, w = grid_at(call.latent_hw, downsample)
+            # Cached now, the layout enters compiled graphs as constant inputs instead of being traced.
+            window_grid(h, w, cfg.sx, cfg.sy, cfg.match_radius, str(device))
+            num_merge = merged_count(h * w, window_count(h, w, cfg.sx, cfg.sy), cfg.ratio)
+            if cfg.plan_every > 1 and num_merge > 0:
+                state.saved = MergePlan.empty_indices(call.batch, h * w, num_merge, device)
+            if cfg.semantic == "text" and cfg.alpha > 0:
+                state.text_mass = torch.zeros(call.batch, h * w, device=device)
+
+    def _lay_out_prompt(self, call: CallState, device: torch.device) -> None:
+        prompts = self.context.prompts
+        encoded = prompts.latest()
+        key = (id(encoded), call.batch, device)
+        if call.prompt_key == key:
+            return
+        call.prompt_key = key
+        mask = content_mask(encoded, call.batch, prompts.special_ids)
+        if mask is None and encoded is not None:
+            self.context.warn_once(
+                "prompt_batch", f"could not lay the encoded prompt out over a UNet batch of {call.batch}; "
+                "semantic='text' counts every token but the start token")
+        call.content_mask = mask.to(device) if mask is not None else None
+
+
+class _CallStart:
+    """UNet forward pre-hook: report the call's latent size and timestep to the installation.
+
+    A torch module hook rather than a diffusers one: torch runs module hooks before it enters the compiled forward
+    of ``torch.compile(unet)`` and ``unet.compile()``, so with ``torch.compiler.disable`` this bookkeeping stays in
+    plain Python, outside every graph: no graph break (there is no graph around it), and allocating storage or
+    reading the prompt record at the first call does not make the second call recompile. It also notices when
+    something else replaced Turbo's processors and takes Turbo off.
+    """
+
+    def __init__(self, installation: _Installation) -> None:
+        self.installation = weakref.ref(installation)
+
+    @torch.compiler.disable
+    def __call__(self, unet: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        installation = self.installation()
+        if installation is None or _retire_if_replaced(unet, installation):
+            return None
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        self.context.start_call(tuple(sample.shape[-2:]), timestep, batch=sample.shape[0])
-        return args, kwargs
+        installation.start_call(sample, timestep)
+        return None
 
 
 class _FeedForwardHook(ModelHook):
     """Merge the feed-forward's input with the block's plan, restore its output."""
 
-    def __init__(self, context: TurboContext) -> None:
+    def __init__(self, memory: ThreadLocal[BlockState]) -> None:
         super().__init__()
-        self.context = context
+        self.memory = memory
 
     def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
         forward = self.fn_ref.original_forward
-        plan = self.context.plan_for(hidden_states)
-        if plan is None:
+        state = self.memory.get()
+        plan, state.plan = state.plan, None  # the feed-forward is the block's last use of its plan
+        if plan is None or not plan.matches(hidden_states):
             return forward(hidden_states, *args, **kwargs)
         return plan.restore(forward(plan.merge(hidden_states), *args, **kwargs))
 
 
-class _TextEncoderHook(ModelHook):
-    """Record the token ids the pipeline encodes, so ``semantic="text"`` knows the prompt's content tokens."""
-
-    def __init__(self, context: TurboContext) -> None:
-        super().__init__()
-        self.context = context
-
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any):
-        ids = args[0] if args else kwargs.get("input_ids")
-        if isinstance(ids, torch.Tensor) and ids.dim() == 2:
-            self.context.record_prompt_ids(ids)
-        return args, kwargs
+_INSTALLATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # UNet -> _Installation
 
 
 def apply_turbo(model: Any, config: TurboConfig | dict[str, Any] | None = None, **fields: Any) -> Any:
@@ -93,78 +175,96 @@ def apply_turbo(model: Any, config: TurboConfig | dict[str, Any] | None = None, 
 
     Args:
         model: a diffusers pipeline with a ``unet`` (SD 1.x/2.x, SDXL, img2img, inpainting, ControlNet, ...) or
-            the UNet itself. Anything else raises ``TypeError``.
+            the UNet itself (also a ``torch.compile``'d one). Anything else raises ``TypeError``.
         config: a `TurboConfig`, a dict of its fields, or ``None`` for the defaults.
         **fields: `TurboConfig` fields overriding ``config``.
 
     Returns:
-        ``model``, for chaining. Calling it again replaces the previous installation.
+        ``model``, for chaining. Calling it again replaces the previous installation; if it raises, the previous
+        installation (or its absence) is left as it was.
     """
     unet = find_unet(model)
     config = resolve_config(config, **fields)
-    remove_turbo(unet)
+    check_backend(config)
     levels = transformer_block_levels(unet)
     depth = merge_depth(config, levels)
-    context = TurboContext(config, max_downsample=depth)
-    processor = TurboProcessor._for_context(context)
 
-    saved = dict(unet.attn_processors)
-    wanted = dict(saved)
-    hooked: list[tuple[torch.nn.Module, str]] = []
+    # Everything below builds the new installation without touching the model; the model changes at the end.
+    context = TurboContext(config, max_downsample=depth)
+    originals = {name: _original(processor) for name, processor in unet.attn_processors.items()}
+    installation = _Installation(context, originals)
+    wanted, kept, feed_forwards = {}, [], []
     need_cross = config.merge_crossattn or (config.semantic == "text" and config.alpha > 0)
-    kept = []
     for name, (block, downsample) in levels.items():
         if downsample > depth:
             continue
+        memory = block_memory()
+        installation.blocks.append((memory, downsample))
         layers = ["attn1"] + (["attn2"] if need_cross and block.attn2 is not None else [])
-        for key in (f"{name}.{layer}.processor" for layer in layers):
-            if isinstance(saved[key], _REPLACEABLE):
+        for layer in layers:
+            key = f"{name}.{layer}.processor"
+            if isinstance(originals[key], _WRAPPABLE):
+                processor = TurboProcessor._installed(context, originals[key], memory, f"{name}.{layer}")
                 wanted[key] = processor
+                installation.layers.append((getattr(block, layer), processor))
             else:
-                kept.append(f"{key} ({type(saved[key]).__name__})")
+                kept.append(f"{key} ({type(originals[key]).__name__})")
         if config.merge_mlp:
-            registry = HookRegistry.check_if_exists_or_initialize(block.ff)
-            registry.register_hook(_FeedForwardHook(context), _FEED_FORWARD_HOOK)
-            hooked.append((block.ff, _FEED_FORWARD_HOOK))
+            feed_forwards.append((block.ff, memory))
+    recorder = None
+    if config.semantic == "text" and config.alpha > 0 and unet is not model:
+        recorder = PromptRecorder.for_pipeline(model)
+        if recorder is None:
+            context.warn_once("text", "semantic='text': no text encoder or encode_prompt to watch; counting every "
+                                      "prompt token but the start token")
+
+    remove_turbo(unet)
+    unet.set_attn_processor({**originals, **wanted})
+    for module, memory in feed_forwards:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(_FeedForwardHook(memory), _FEED_FORWARD_HOOK)
+        installation.hooked.append((module, _FEED_FORWARD_HOOK))
+    if recorder is not None:
+        recorder.install()
+        context.prompts = recorder
+    installation.pre_hook = unet.register_forward_pre_hook(_CallStart(installation), with_kwargs=True)
+    _INSTALLATIONS[unet] = installation
     if kept:
         context.warn_once("kept", f"Turbo left {len(kept)} custom attention processor(s) in place: {', '.join(kept)}")
-    unet.set_attn_processor(wanted)
-
-    if config.semantic == "text" and unet is not model:
-        _hook_text_encoder(model, context, hooked)
-    HookRegistry.check_if_exists_or_initialize(unet).register_hook(_UNetHook(context, saved, hooked), _UNET_HOOK)
     return model
 
 
 def remove_turbo(model: Any) -> Any:
-    """Undo `apply_turbo`: restore the processors that were installed before it and remove its hooks.
+    """Take Turbo off: restore the processors `apply_turbo` found and remove its hooks. Bare `TurboProcessor`\\ s
+    set with ``unet.set_attn_processor`` are replaced by diffusers' default processor.
 
     A model without Turbo is returned unchanged.
     """
     unet = find_unet(model)
-    registry = getattr(unet, "_diffusers_hook", None)
-    hook = registry.get_hook(_UNET_HOOK) if registry is not None else None
-    if hook is None:
-        return model
-    for module, name in hook.hooked:
-        module._diffusers_hook.remove_hook(name, recurse=False)
-    registry.remove_hook(_UNET_HOOK, recurse=False)
-    unet.set_attn_processor(dict(hook.saved_processors))
+    installation = _INSTALLATIONS.get(unet)
+    if installation is not None:
+        _take_off(unet, installation)
+    _set_processors(unet, lambda name, processor: _original(processor))
     return model
 
 
 def turbo_config_of(model: Any) -> TurboConfig | None:
-    """The `TurboConfig` installed on ``model`` by `apply_turbo`, or ``None``."""
-    registry = getattr(find_unet(model), "_diffusers_hook", None)
-    hook = registry.get_hook(_UNET_HOOK) if registry is not None else None
-    return hook.context.config if hook is not None else None
+    """The `TurboConfig` merging on ``model``: the one `apply_turbo` installed, else a bare `TurboProcessor`'s;
+    ``None`` when Turbo is off (also after another call replaced its processors)."""
+    unet = find_unet(model)
+    installation = _INSTALLATIONS.get(unet)
+    if installation is not None and not _retire_if_replaced(unet, installation):
+        return installation.context.config
+    bare = [p for p in unet.attn_processors.values() if isinstance(p, TurboProcessor)]
+    return bare[0].config if bare else None
 
 
 def find_unet(model: Any) -> UNet2DConditionModel:
-    """The `UNet2DConditionModel` of a pipeline (or the model itself); ``TypeError`` for anything else."""
+    """The `UNet2DConditionModel` of a pipeline (or the model itself, compiled or not); ``TypeError`` for
+    anything else."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
     if isinstance(model, UNet2DConditionModel):
         return model
-    unet = getattr(model, "unet", None)
+    unet = getattr(getattr(model, "unet", None), "_orig_mod", getattr(model, "unet", None))
     if isinstance(unet, UNet2DConditionModel):
         return unet
     what = type(model).__name__
@@ -212,14 +312,53 @@ def merge_depth(config: TurboConfig, levels: dict[str, tuple[BasicTransformerBlo
     return config.max_downsample
 
 
-def _hook_text_encoder(pipe: Any, context: TurboContext, hooked: list) -> None:
-    encoder = getattr(pipe, "text_encoder", None) or getattr(pipe, "text_encoder_2", None)
-    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
-    if encoder is None or tokenizer is None:
-        context.warn_once("text", "semantic='text': no text encoder to watch; counting every prompt token "
-                                  "but the start token")
-        return
-    special = {getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
-    context.special_token_ids = tuple(int(i) for i in special if i is not None)
-    HookRegistry.check_if_exists_or_initialize(encoder).register_hook(_TextEncoderHook(context), _TEXT_ENCODER_HOOK)
-    hooked.append((encoder, _TEXT_ENCODER_HOOK))
+# -- internals --------------------------------------------------------------------------------------------------
+def _original(processor: Any) -> Any:
+    """The processor a Turbo processor stands in for (diffusers' default for a bare one); others unchanged."""
+    if isinstance(processor, TurboProcessor):
+        return processor.inner if processor.inner is not None else AttnProcessor2_0()
+    return processor
+
+
+def _is_ours(processor: Any, installation: _Installation) -> bool:
+    return isinstance(processor, TurboProcessor) and processor.context is installation.context
+
+
+def _set_processors(unet: UNet2DConditionModel, choose) -> None:
+    """Replace each layer's processor by ``choose(name, processor)``, touching the UNet only if one changes."""
+    current = unet.attn_processors
+    chosen = {name: choose(name, processor) for name, processor in current.items()}
+    if any(chosen[name] is not current[name] for name in current):
+        unet.set_attn_processor(chosen)
+
+
+def _take_off(unet: UNet2DConditionModel, installation: _Installation) -> None:
+    """Undo one installation: its hooks, and its processors where they still are (others are left alone)."""
+    _INSTALLATIONS.pop(unet, None)
+    _unhook(installation)
+    _set_processors(unet, lambda name, p: installation.originals[name] if _is_ours(p, installation) else p)
+
+
+def _unhook(installation: _Installation) -> None:
+    for module, name in installation.hooked:
+        module._diffusers_hook.remove_hook(name, recurse=False)
+    if installation.context.prompts is not None:
+        installation.context.prompts.uninstall()
+    if installation.pre_hook is not None:
+        installation.pre_hook.remove()
+
+
+def _retire_if_replaced(unet: torch.nn.Module, installation: _Installation) -> bool:
+    """Take Turbo off when another call replaced its processors, with one warning naming the call. Layers that
+    still hold a Turbo processor get back the processor it wrapped: Turbo is then off everywhere."""
+    replacement = installation.replaced()
+    if replacement is None:
+        return False
+    _take_off(unet, installation)
+    kind = type(replacement).__name__
+    call = _INSTALLED_BY.get(kind, f"set_attn_processor({kind}(...))")
+    logger.warning(
+        f"Turbo is off: {call} replaced its attention processors with {kind}. Call apply_turbo(...) again "
+        "afterwards to merge on top of it (Turbo pipelines do this for you)."
+    )
+    return True

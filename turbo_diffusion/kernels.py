@@ -12,9 +12,12 @@ import torch.nn.functional as F
 
 from .core.scores import text_attention_mass
 
+# Looked up once: a module search inside the per-call path would not trace into a compiled graph.
+_XFORMERS_INSTALLED = importlib.util.find_spec("xformers") is not None
+
 
 def xformers_available() -> bool:
-    return importlib.util.find_spec("xformers") is not None
+    return _XFORMERS_INSTALLED
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -31,15 +34,15 @@ def attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
     backend: str = "sdpa",
 ) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d) + mask) v`` with the chosen kernel; returns ``(B, H, M, d)``.
+    """``softmax(q k^T / sqrt(d) + bias) v`` with the chosen kernel; returns ``(B, H, M, d)``.
 
-    A mask (rare in UNets: only an explicit ``encoder_attention_mask``) always goes through SDPA, whose
-    broadcasting rules diffusers' masks are shaped for.
+    ``bias``: additive logits broadcast to ``(B, H, M, L)``: a prepared attention mask, ``log(size)`` of merged
+    keys, or both. A bias always goes through SDPA, whose broadcasting rules diffusers' masks are shaped for.
     """
-    if backend == "xformers" and mask is None:
+    if backend == "xformers" and bias is None:
         import xformers.ops
 
         out = xformers.ops.memory_efficient_attention(
@@ -48,7 +51,7 @@ def attention(
             value.transpose(1, 2).contiguous(),
         )
         return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
 
 
 def attention_with_text_mass(
@@ -57,7 +60,7 @@ def attention_with_text_mass(
     value: torch.Tensor,
     content: torch.Tensor,
     scale: float,
-    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-attention computed explicitly (L is the short text length) so the probabilities can also give each
     query's attention mass on the content tokens (see :func:`~turbo_diffusion.core.text_attention_mass`).
@@ -65,8 +68,8 @@ def attention_with_text_mass(
     Returns ``(B, H, M, d)`` output and ``(B, M)`` mass in ``[0, 1]``.
     """
     logits = (query @ key.transpose(-1, -2)).float() * scale
-    if mask is not None:
-        logits = logits + mask.float()
+    if bias is not None:
+        logits = logits + bias.float()
     probs = logits.softmax(dim=-1)
     out = (probs.to(value.dtype) @ value)
     return out, text_attention_mass(probs, content)

@@ -177,7 +177,8 @@ def load_pipeline(
             and to ``DiffusionPipeline`` (auto-detected) otherwise.
         torch_dtype: weights' dtype (``None`` keeps float32).
         seed: seed of the random weights (built-in names only).
-        **kwargs: passed to ``from_pretrained`` for folders and Hub ids.
+        **kwargs: passed to ``from_pretrained`` for folders and Hub ids, and to the constructor for built-in names
+            (e.g. ``turbo=`` of a Turbo pipeline class); one it does not take raises ``TypeError``.
     """
     if model in RANDOM_WEIGHT_MODELS:
         if model.startswith("tiny"):
@@ -185,7 +186,7 @@ def load_pipeline(
         else:
             components = arch_components(model, seed=seed)
         cls = pipeline_class or (StableDiffusionXLPipeline if is_xl(model) else StableDiffusionPipeline)
-        pipe = cls(**_accepted(cls, components))
+        pipe = cls(**{**_accepted(cls, components), **kwargs})
         if torch_dtype is not None:
             pipe = pipe.to(dtype=torch_dtype)
         setattr(pipe, _RANDOM_FLAG, True)

@@ -14,10 +14,13 @@ still loads with ``StableDiffusionPipeline`` or ``DiffusionPipeline``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
+import tempfile
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from diffusers import (
@@ -31,6 +34,7 @@ from .hooks import apply_turbo, remove_turbo, turbo_config_of
 from .processor import TurboProcessor
 
 TURBO_CONFIG_NAME = "turbo_config.json"
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TurboConfig))
 # typing.Union, not `|`: older diffusers (0.35, tested) reads constructor types with `get_origin(t) == typing.Union`
 # and raises KeyError in from_pretrained on a types.UnionType annotation.
 TurboArg = typing.Union[TurboConfig, dict[str, Any], bool, None]  # noqa: UP007
@@ -72,42 +76,58 @@ class TurboPipelineMixin:
         self.disable_turbo()
         self.unet.set_attn_processor(processor)
 
+    # diffusers' switches that replace attention processors keep Turbo on top of whatever they install.
+    def set_attention_slice(self, slice_size: int | None) -> None:
+        """diffusers' attention slicing (``enable_attention_slicing()`` calls this), keeping Turbo: layers it
+        does not merge run sliced."""
+        self._keeping_turbo(lambda: super(TurboPipelineMixin, self).set_attention_slice(slice_size))
+
+    def fuse_qkv_projections(self, *args: Any, **kwargs: Any) -> None:
+        """diffusers' fused QKV projections, keeping Turbo: layers it does not merge run fused."""
+        self._keeping_turbo(lambda: super(TurboPipelineMixin, self).fuse_qkv_projections(*args, **kwargs))
+
+    def unfuse_qkv_projections(self, *args: Any, **kwargs: Any) -> None:
+        """diffusers' unfusing, keeping Turbo."""
+        self._keeping_turbo(lambda: super(TurboPipelineMixin, self).unfuse_qkv_projections(*args, **kwargs))
+
     def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
         """diffusers' xformers switch, keeping Turbo: its processors move to the xformers backend instead of being
         replaced. Raises as diffusers does where xformers cannot run (then Turbo stays as it was)."""
-        self._switch_attention(True, attention_op)
+        self._keeping_turbo(lambda: self.set_use_memory_efficient_attention_xformers(True, attention_op),
+                            backend="xformers")
 
     def disable_xformers_memory_efficient_attention(self) -> None:
         """Back to torch SDPA, keeping Turbo (its backend returns to ``"auto"``)."""
-        self._switch_attention(False, None)
+        self._keeping_turbo(lambda: self.set_use_memory_efficient_attention_xformers(False, None), backend="auto")
 
-    def _switch_attention(self, xformers: bool, attention_op: Any) -> None:
+    def _keeping_turbo(self, change: Callable[[], Any], **fields: Any) -> None:
+        """Run ``change`` with Turbo off, then put Turbo back on top of the processors it installed (with
+        ``fields`` changed). If ``change`` raises, Turbo is put back as it was."""
         config = self.turbo_config
         if config is None:
-            self.set_use_memory_efficient_attention_xformers(xformers, attention_op)
+            change()
             return
         self.disable_turbo()
         try:
-            self.set_use_memory_efficient_attention_xformers(xformers, attention_op)
+            change()
         except BaseException:
             self.enable_turbo(config)
             raise
-        self.enable_turbo(config, backend="xformers" if xformers else "auto")
+        self.enable_turbo(config, **fields)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """diffusers' ``save_pretrained``, plus ``turbo_config.json`` when Turbo is on. ``model_index.json`` names the
-        plain diffusers class, so the folder loads without turbo-diffusion too."""
+        plain diffusers class, so the folder loads without turbo-diffusion too. Both files are written atomically
+        (a temporary file renamed into place), so a failure never leaves half a file."""
         super().save_pretrained(save_directory, *args, **kwargs)
         index_path = os.path.join(save_directory, "model_index.json")
         with open(index_path) as f:
             index = json.load(f)
         index["_class_name"] = self._turbo_base.__name__
-        with open(index_path, "w") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
+        _write_json_atomically(index_path, index, sort_keys=True)
         config_path = os.path.join(save_directory, TURBO_CONFIG_NAME)
         if self.turbo_config is not None:
-            with open(config_path, "w") as f:
-                json.dump(self.turbo_config.to_dict(), f, indent=2)
+            _write_json_atomically(config_path, self.turbo_config.to_dict())
         elif os.path.exists(config_path):
             os.remove(config_path)
 
@@ -121,12 +141,41 @@ class TurboPipelineMixin:
         return super().from_pretrained(pretrained_model_name_or_path, *args, turbo=turbo, **kwargs)
 
 
+def _write_json_atomically(path: str, data: Any, sort_keys: bool = False) -> None:
+    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", suffix=".json", delete=False) as f:
+        temporary = f.name
+    try:
+        with open(temporary, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=sort_keys)
+        os.replace(temporary, path)
+    except BaseException:
+        os.remove(temporary)
+        raise
+
+
 def _saved_turbo_config(path: str | os.PathLike) -> TurboConfig | None:
+    """The config saved in a local folder's ``turbo_config.json``, or ``None`` when there is none (or ``path`` is
+    not a local folder). A file that is there but unreadable raises one ``ValueError`` naming the file, the
+    field when there is one, and what is allowed."""
     config_path = os.path.join(os.fspath(path), TURBO_CONFIG_NAME)
-    if not os.path.isfile(config_path):
+    if not os.path.lexists(config_path):
         return None
-    with open(config_path) as f:
-        return TurboConfig.from_dict(json.load(f))
+    expected = f"a JSON object of TurboConfig fields, e.g. {{\"ratio\": 0.5}} (fields: {', '.join(_FIELD_NAMES)})"
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{config_path} is not a file; expected {expected}")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config_path} cannot be read as JSON ({err}); expected {expected}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{config_path} holds {json.dumps(data)[:60]}; expected {expected}")
+    try:
+        return TurboConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config_path}: {err}") from err
 
 
 def _turbo_pipeline(base: type) -> type:

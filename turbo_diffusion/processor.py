@@ -1,17 +1,21 @@
 """`TurboProcessor`: a diffusers attention processor that merges tokens by information degree.
 
-At a merged level, a self-attention call reads:
+At a merged level, self-attention reads:
 
-    plan = self._plan(attn, hidden_states, level)     # partition, R, S, E, top-r
-    out = self._attend(attn, plan.merge(hidden_states))
-    return plan.restore(out)
+    plan = self._plan(attn, x, level)     # partition, R, S, E, top-r (or this block's plan from a recent step)
+    merged = plan.merge(x)
+    y = attend(attn, merged)
+    return plan.restore(y)
 
-Everywhere else (other levels, cross-attention unless asked, 4-D inputs, masks) it hands the call to diffusers'
-own processor unchanged, so ``ratio=0`` is the unaccelerated model bit for bit.
+Everywhere else (other levels, cross-attention unless asked, 4-D inputs, masks) it hands the call to the processor
+that was there before (``inner``) unchanged, so ``ratio=0`` is the unaccelerated model bit for bit. The block's
+cross-attention, when it merges (``merge_crossattn``) or measures text mass for ``semantic="text"``, reuses the
+plan its self-attention made, as does the feed-forward hook (``merge_mlp``).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -19,17 +23,21 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0, XF
 from torch.profiler import record_function
 
 from .config import TurboConfig, resolve_config
-from .context import Level, TurboContext
+from .context import TurboContext
 from .core import (
     MergePlan,
-    Partition,
     global_query_attention,
+    merged_count,
     partition_tokens,
     plan_merge,
-    random_offsets,
+    seeded_offsets,
+    window_count,
     window_grid,
 )
 from .kernels import attention, attention_with_text_mass, resolve_backend, xformers_available
+from .levels import Level, locate_from_reference, locate_level
+from .prompts import fallback_content
+from .state import BlockState, ThreadLocal
 
 # torch.profiler labels of the merged self-attention path (`turbo-diffusion bench` splits a step's time by them).
 PROFILE_PLAN = "turbo::plan"
@@ -46,8 +54,9 @@ class TurboProcessor:
         unet.set_attn_processor(TurboProcessor(ratio=0.5))
 
     or, better, ``apply_turbo(pipe, ratio=0.5)``, which also gives it the latent size (exact grids for any
-    aspect ratio), seeds its draws per timestep, and wires up cross-attention / feed-forward merging. An
-    instance keeps per-UNet state: give each UNet its own.
+    aspect ratio) and the timestep (seeded draws, new generations), wires up cross-attention / feed-forward
+    merging, and is the route that compiles with ``torch.compile(..., fullgraph=True)`` without recompiling.
+    Give each UNet its own instance.
 
     Args:
         config: a `TurboConfig`, a dict of its fields, or ``None`` for the defaults.
@@ -55,19 +64,33 @@ class TurboProcessor:
     """
 
     def __init__(self, config: TurboConfig | dict[str, Any] | None = None, **fields: Any) -> None:
-        self.config = resolve_config(config, **fields)
-        if self.config.backend == "xformers" and not xformers_available():
-            raise ImportError("backend='xformers' needs xformers: pip install 'turbo-diffusion[xformers]'")
-        self.context = TurboContext(self.config)
-        self._sdpa = AttnProcessor2_0()
-        self._xformers: XFormersAttnProcessor | None = None
+        config = resolve_config(config, **fields)
+        check_backend(config)
+        self._setup(TurboContext(config), inner=None, memory=None, name=None)
 
     @classmethod
-    def _for_context(cls, context: TurboContext) -> TurboProcessor:
-        """A processor sharing ``context`` with the hooks ``apply_turbo`` installs."""
-        processor = cls(context.config)
-        processor.context = context
+    def _installed(
+        cls, context: TurboContext, inner: Any, memory: ThreadLocal[BlockState], name: str
+    ) -> TurboProcessor:
+        """The processor `apply_turbo` puts on one layer: it passes through to ``inner`` (the layer's previous
+        processor) and shares ``memory`` with the other components of its transformer block."""
+        processor = cls.__new__(cls)
+        processor._setup(context, inner, memory, name)
         return processor
+
+    def _setup(self, context: TurboContext, inner: Any, memory: ThreadLocal[BlockState] | None,
+               name: str | None) -> None:
+        cfg = context.config
+        self.config = cfg
+        self.context = context
+        self.inner = inner  # None: diffusers' default processor for the backend (the bare route)
+        self.memory = memory
+        self.name = name
+        self._records_text_mass = cfg.semantic == "text" and cfg.alpha > 0
+        # Who uses the block's plan after its self-attention, and who is the last to (and then drops it).
+        self._plan_readers = cfg.merge_crossattn or self._records_text_mass or (context.hooked and cfg.merge_mlp)
+        self._cross_attention_drops_plan = not (context.hooked and cfg.merge_mlp)
+        self._defaults: dict[str, Any] = {}
 
     def __call__(
         self,
@@ -79,155 +102,279 @@ class TurboProcessor:
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
+        out = None
         if self.config.ratio > 0 and _is_plain_token_attention(attn, hidden_states):
             if encoder_hidden_states is None:
                 out = self._self_attention(attn, hidden_states, attention_mask)
-            else:
+            elif self._plan_readers:
                 out = self._cross_attention(attn, hidden_states, encoder_hidden_states, attention_mask)
-            if out is not None:
-                return out
-        return self._passthrough(hidden_states.device)(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
-        )
+        if out is not None:
+            return out
+        inner = self.inner if self.inner is not None else self._default_processor(hidden_states.device)
+        if temb is not None or args:
+            return inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        return inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
 
     # -- the two merged paths (None means: not merged here, pass through) ------------------------------------
     def _self_attention(self, attn: Attention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
-        level = self.context.locate(attn, x.shape[1])
-        plan = self._block_plan(attn, x, level) if level is not None else None
-        self.context.begin_block(attn, plan)
-        if plan is None or not self.config.merge_attn:
+        merges_here = self.config.merge_attn and mask is None
+        if self.config.merge_attn and mask is not None:
+            self.context.warn_once("self_attention_mask", "self-attention with an attention mask is not merged")
+        if not (merges_here or self._plan_readers):
+            return None  # nothing in this block merges: no plan is paid for
+        level = self._level(attn, x.shape[1])
+        plan = self._plan(attn, x, level) if level is not None else None
+        if self._plan_readers:
+            self._block_state(attn).plan = plan
+        if plan is None or not merges_here:
             return None
-        if mask is not None:
-            self.context.warn_once("mask", "self-attention with an attention mask is not merged")
-            return None
-        with record_function(PROFILE_MERGE):
-            merged = plan.merge(x)
         if self.config.mode == "kv":
             # Keys and values from the merged tokens, every query kept: nothing to restore.
-            with record_function(PROFILE_ATTENTION):
-                return self._finish(attn, self._attend(attn, x, merged, key_sizes=plan.sizes), x)
-        with record_function(PROFILE_ATTENTION):
-            out = self._attend(attn, merged)
-        with record_function(PROFILE_RESTORE):
-            return self._finish(attn, plan.restore(out), x)
+            with _phase(PROFILE_ATTENTION):
+                log_sizes = plan.sizes.log().to(x.dtype)[:, None, None, :]  # (B, 1, 1, N - r)
+                y = attend(attn, x, kv_states=plan.merge(x), log_size_bias=log_sizes, backend=self._backend(x))
+            return _finish(attn, y, x)
+        with _phase(PROFILE_MERGE):
+            merged = plan.merge(x)
+        with _phase(PROFILE_ATTENTION):
+            y = attend(attn, merged, backend=self._backend(x))
+        with _phase(PROFILE_RESTORE):
+            return _finish(attn, plan.restore(y), x)
 
     def _cross_attention(
         self, attn: Attention, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor | None:
-        plan = self.context.plan_for(x) if self.config.merge_crossattn else None
-        record = self.context.wants_text_mass(x)
-        if plan is None and not record:
+        state = self._block_state(attn, cross=True)
+        plan = state.plan if state is not None else None
+        if plan is None or not plan.matches(x):
             return None
-        queries = plan.merge(x) if plan is not None else x
-        out = self._attend(attn, queries, text, mask, record_text_mass=record, plan=plan)
-        if plan is not None:
-            out = plan.restore(out)
-        return self._finish(attn, out, x)
+        if self._cross_attention_drops_plan:
+            state.plan = None  # the block's last use of it
+        merge = self.config.merge_crossattn
+        queries = plan.merge(x) if merge else x
+        if attn.norm_cross:
+            text = attn.norm_encoder_hidden_states(text)
+        if self._records_text_mass:
+            content = self._content_mask(x.shape[0], text.shape[1], x.device)
+            y, mass = attend_with_text_mass(attn, queries, text, content, mask=mask)
+            state.keep("text_mass", plan.restore(mass.unsqueeze(-1)).squeeze(-1) if merge else mass)
+        else:
+            y = attend(attn, queries, kv_states=text, mask=mask, backend=self._backend(x))
+        return _finish(attn, plan.restore(y) if merge else y, x)
 
-    # -- pieces --------------------------------------------------------------------------------------------
-    def _block_plan(self, attn: Attention, x: torch.Tensor, level: Level) -> MergePlan | None:
-        """This block's plan for this UNet call: reused within ``plan_every`` calls, else made afresh."""
-        plan = self.context.reusable_plan(attn, x)
-        if plan is None:
-            with record_function(PROFILE_PLAN):
-                plan = self._plan(attn, x, level)
-            self.context.store_plan(attn, plan)
-        return plan
+    # -- where, and which plan -----------------------------------------------------------------------------
+    def _level(self, attn: Attention, num_tokens: int) -> Level | None:
+        cfg, context = self.config, self.context
+        if context.hooked:
+            latent_hw = context.calls.get().latent_hw
+            if latent_hw is None:  # called outside a UNet call (unet.forward bypasses module hooks)
+                return None
+            return locate_level(latent_hw, num_tokens, context.max_downsample, cfg.sx, cfg.sy)
+        call = context.bare_calls.get()
+        call.see_layer(attn, num_tokens)
+        level = locate_from_reference(call.reference_tokens, num_tokens, context.max_downsample, cfg.sx, cfg.sy)
+        if level is not None and level.one_dimensional:
+            context.warn_once(
+                "one_dimensional",
+                f"TurboProcessor without apply_turbo cannot tell the grid of {num_tokens} tokens (non-square "
+                "latent); merging in 1-D windows of consecutive tokens. Use apply_turbo(...) for exact 2-D windows.",
+            )
+        return level
+
+    def _block_state(self, attn: Attention, cross: bool = False) -> BlockState | None:
+        """This block's state in this thread: the installed memory, or (bare route) the one of ``attn``'s block,
+        which for cross-attention is the block whose self-attention ran last."""
+        if self.memory is not None:
+            return self.memory.get()
+        call = self.context.bare_calls.get()
+        return call.current if cross else call.block(attn)
 
     def _plan(self, attn: Attention, x: torch.Tensor, level: Level) -> MergePlan | None:
-        """Partition, score and select: the merge plan of this block for this UNet call."""
+        """This block's plan for this UNet call: made afresh, or reused within ``plan_every`` calls."""
         cfg = self.config
-        partition = self._partition(level, x.device)
-        semantic = self._semantic_value(attn, x) if cfg.semantic != "none" and cfg.alpha > 0 else None
-        return plan_merge(x, partition, int(cfg.ratio * x.shape[1]), semantic, cfg.alpha)
+        num_tokens = x.shape[1]
+        num_dst = window_count(level.height, level.width, level.sx, level.sy)
+        num_merge = merged_count(num_tokens, num_dst, cfg.ratio)
+        if num_merge == 0:
+            return None
+        reused = False
+        with _phase(PROFILE_PLAN):
+            state = self._block_state(attn) if cfg.plan_every > 1 else None
+            saved = state.saved if state is not None else None
+            if saved is None or saved[3].shape != (x.shape[0], num_tokens):
+                plan = self._new_plan(attn, x, level, num_merge)  # every step, or nothing saved to reuse yet
+            elif torch.compiler.is_compiling():
+                # Both branches return new tensors with the same shapes and strides, as torch.cond requires.
+                indices = torch.cond(
+                    self._clock().planning_due(cfg.plan_every),
+                    lambda x: tuple(map(_dense_copy, self._new_plan(attn, x, level, num_merge).indices())),
+                    lambda x: tuple(map(_dense_copy, saved)),
+                    (x,),
+                )
+                plan = MergePlan.from_indices(indices, num_tokens, num_dst)
+            elif self._clock().is_planning_step(cfg.plan_every):
+                plan = self._new_plan(attn, x, level, num_merge)
+            else:
+                plan, reused = MergePlan.from_indices(saved, num_tokens, num_dst), True
+            if state is not None:
+                state.keep("saved", plan.indices())
+        if self.context.recorder is not None:
+            self.context.recorder.add(self.name or attn, level, plan, reused)
+        return plan
 
-    @torch.compiler.disable
-    def _partition(self, level: Level, device: torch.device) -> Partition:
-        """The cached window layout and this call's random destinations. Kept out of torch.compile graphs: the
-        layout cache and the seeded generator are Python state that must not be traced."""
-        grid = window_grid(level.height, level.width, level.sx, level.sy, self.config.match_radius, str(device))
-        offsets = random_offsets(grid, self.context.generator(device)) if self.config.use_rand else None
-        return partition_tokens(grid, offsets)
+    def _new_plan(self, attn: Attention, x: torch.Tensor, level: Level, num_merge: int) -> MergePlan:
+        """Partition, score and select: a fresh merge plan of this block for this UNet call."""
+        cfg = self.config
+        grid = window_grid(level.height, level.width, level.sx, level.sy, cfg.match_radius, str(x.device))
+        offsets = seeded_offsets(grid, cfg.seed, self._timestep()) if cfg.use_rand else None
+        semantic = self._semantic_value(attn, x) if cfg.semantic != "none" and cfg.alpha > 0 else None
+        plan = plan_merge(x, partition_tokens(grid, offsets), num_merge, semantic, cfg.alpha)
+        assert plan is not None  # num_merge > 0 and every window has sources
+        return plan
 
     def _semantic_value(self, attn: Attention, x: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` semantic value in [0, 1]: last step's text mass when asked and known, else attention
         received from the mean query."""
-        if self.config.semantic == "text":
-            mass = self.context.text_mass(attn, x.shape[0], x.shape[1])
-            if mass is not None:
-                return mass.to(x.dtype)
-        with torch.no_grad():
-            heads = attn.heads
-            query_mean = attn.to_q(x.mean(dim=1, keepdim=True)).view(x.shape[0], heads, -1)
-            if attn.norm_q is None and attn.norm_k is None and type(attn.to_k) is torch.nn.Linear:
-                return global_query_attention(x, query_mean, attn.scale, key_weight=attn.to_k.weight)
-            # Normalised or adapted keys (LoRA, quantised layers): compute them, O(N * C^2).
-            keys = attn.to_k(x)
-            if attn.norm_k is not None:
-                keys = attn.norm_k(keys.view(x.shape[0], x.shape[1], heads, -1)).flatten(2)
-                query_mean = attn.norm_q(query_mean) if attn.norm_q is not None else query_mean
-            return global_query_attention(keys, query_mean, attn.scale)
+        received = _attention_received(attn, x)
+        if not self._records_text_mass:
+            return received
+        mass = self._block_state(attn).text_mass
+        if mass is None or mass.shape != received.shape:
+            return received
+        if self.context.hooked:  # the first step of a generation has no previous step
+            return torch.where(self.context.calls.get().has_previous_step(), mass.to(x.dtype), received)
+        return mass.to(x.dtype)
 
-    def _attend(
-        self,
-        attn: Attention,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        record_text_mass: bool = False,
-        plan: MergePlan | None = None,
-        key_sizes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Project, attend and project out ``(B, M, C)`` tokens against ``context`` (itself when ``None``).
-
-        ``key_sizes`` ``(B, L)``: how many tokens each key stands for; adds ``log(size)`` to its logits
-        (proportional attention, so a merged key weighs as much as the tokens it replaced).
-        """
-        batch, tokens, _ = x.shape
-        if context is None:
-            context = x
-        elif attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        query, key, value = attn.to_q(x), attn.to_k(context), attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+    def _content_mask(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
+        mask = self.context.calls.get().content_mask if self.context.hooked else None
+        if mask is not None and mask.shape == (batch, length):
+            return mask
         if mask is not None:
-            mask = attn.prepare_attention_mask(mask, key.shape[2], batch).view(batch, attn.heads, -1, key.shape[2])
-        if key_sizes is not None:
-            mask = key_sizes.log().to(query.dtype)[:, None, None, :]  # (B, 1, 1, L), broadcast over heads/queries
+            self.context.warn_once(
+                "prompt_mask_shape",
+                f"prompt token mask {tuple(mask.shape)} does not fit cross-attention ({batch}, {length}); "
+                "counting every token but the start token",
+            )
+        return fallback_content(batch, length, device)
 
-        if record_text_mass:
-            content = self.context.content_mask(batch, key.shape[2], x.device)
-            out, mass = attention_with_text_mass(query, key, value, content, attn.scale, mask)
-            if plan is not None:
-                mass = plan.restore(mass.unsqueeze(-1)).squeeze(-1)
-            self.context.record_text_mass(mass)
-        else:
-            out = attention(query, key, value, mask, resolve_backend(self.config.backend, x.device))
-        out = out.transpose(1, 2).reshape(batch, tokens, attn.heads * head_dim).to(query.dtype)
-        return attn.to_out[1](attn.to_out[0](out))
+    def _clock(self):
+        return self.context.calls.get() if self.context.hooked else self.context.bare_calls.get()
 
-    @staticmethod
-    def _finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+    def _timestep(self) -> torch.Tensor | None:
+        return self.context.calls.get().timestep if self.context.hooked else None
 
-    def _passthrough(self, device: torch.device):
-        if resolve_backend(self.config.backend, device) == "xformers":
-            if self._xformers is None:
-                self._xformers = XFormersAttnProcessor()
-            return self._xformers
-        return self._sdpa
+    def _backend(self, x: torch.Tensor) -> str:
+        return resolve_backend(self.config.backend, x.device)
+
+    def _default_processor(self, device: torch.device) -> Any:
+        """The bare route's pass-through: diffusers' SDPA processor, or its xformers one on that backend."""
+        kind = "xformers" if resolve_backend(self.config.backend, device) == "xformers" else "sdpa"
+        if kind not in self._defaults:
+            self._defaults[kind] = XFormersAttnProcessor() if kind == "xformers" else AttnProcessor2_0()
+        return self._defaults[kind]
 
     def __repr__(self) -> str:
         return f"TurboProcessor({self.config})"
+
+
+# -- attention on (merged) tokens ----------------------------------------------------------------------------------
+def attend(
+    attn: Attention,
+    x: torch.Tensor,
+    kv_states: torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    log_size_bias: torch.Tensor | None = None,
+    backend: str = "sdpa",
+) -> torch.Tensor:
+    """``attn``'s projections and attention for ``(B, M, C)`` queries ``x``; returns ``(B, M, C)``.
+
+    Args:
+        kv_states: ``(B, L, C_kv)`` tokens the keys and values come from: the text for cross-attention, the merged
+            tokens for ``mode="kv"``; ``None`` for ``x`` itself.
+        mask: diffusers' attention mask, as the processor received it.
+        log_size_bias: ``(B, 1, 1, L)`` ``log(size)`` of each key, the number of tokens it stands for
+            (proportional attention: a merged key weighs as much as the tokens it replaced).
+        backend: ``"sdpa"`` or ``"xformers"``.
+    """
+    query, key, value = _project(attn, x, kv_states)
+    out = attention(query, key, value, _logit_bias(attn, mask, log_size_bias, key), backend)
+    return _project_out(attn, out, query.dtype)
+
+
+def attend_with_text_mass(
+    attn: Attention, x: torch.Tensor, text: torch.Tensor, content: torch.Tensor, *, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-attention of ``(B, M, C)`` queries on ``(B, L, C_text)`` text that also returns each query's
+    attention mass on the content tokens (``content``, ``(B, L)`` bool): ``(B, M, C)`` output, ``(B, M)`` mass."""
+    query, key, value = _project(attn, x, text)
+    out, mass = attention_with_text_mass(query, key, value, content, attn.scale, _logit_bias(attn, mask, None, key))
+    return _project_out(attn, out, query.dtype), mass
+
+
+def _project(attn: Attention, x: torch.Tensor, kv_states: torch.Tensor | None):
+    """``(B, H, M, d)`` queries, ``(B, H, L, d)`` keys and values, with diffusers' q/k norms."""
+    batch = x.shape[0]
+    source = x if kv_states is None else kv_states
+    query, key, value = attn.to_q(x), attn.to_k(source), attn.to_v(source)
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value
+
+
+def _logit_bias(
+    attn: Attention, mask: torch.Tensor | None, log_size_bias: torch.Tensor | None, key: torch.Tensor
+) -> torch.Tensor | None:
+    """The additive logits of a diffusers mask and/or the proportional-attention bias, or ``None``."""
+    bias = log_size_bias
+    if mask is not None:
+        batch, heads, length = key.shape[0], key.shape[1], key.shape[2]
+        prepared = attn.prepare_attention_mask(mask, length, batch).view(batch, heads, -1, length)
+        bias = prepared if bias is None else prepared + bias
+    return bias
+
+
+def _project_out(attn: Attention, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    batch, heads, tokens, head_dim = out.shape
+    out = out.transpose(1, 2).reshape(batch, tokens, heads * head_dim).to(dtype)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+def _attention_received(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Semantic value ``"attention"``: ``(B, N)`` attention each token receives from the layer's mean query."""
+    with torch.no_grad():
+        heads = attn.heads
+        query_mean = attn.to_q(x.mean(dim=1, keepdim=True)).view(x.shape[0], heads, -1)
+        if attn.norm_q is None and attn.norm_k is None and type(attn.to_k) is torch.nn.Linear:
+            return global_query_attention(x, query_mean, attn.scale, key_weight=attn.to_k.weight)
+        # Normalised or adapted keys (LoRA, quantised layers): compute them, O(N * C^2).
+        keys = attn.to_k(x)
+        if attn.norm_k is not None:
+            keys = attn.norm_k(keys.view(x.shape[0], x.shape[1], heads, -1)).flatten(2)
+            query_mean = attn.norm_q(query_mean) if attn.norm_q is not None else query_mean
+        return global_query_attention(keys, query_mean, attn.scale)
+
+
+def _finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
+def _dense_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy with row-major strides (``contiguous()`` may keep odd strides on size-1 dimensions)."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+
+
+def _phase(label: str):
+    """A torch.profiler label in eager mode; nothing inside a compiled graph (dynamo would drop it, noisily)."""
+    return nullcontext() if torch.compiler.is_compiling() else record_function(label)
 
 
 def _is_plain_token_attention(attn: Attention, hidden_states: torch.Tensor) -> bool:
@@ -238,3 +385,9 @@ def _is_plain_token_attention(attn: Attention, hidden_states: torch.Tensor) -> b
         and getattr(attn, "spatial_norm", None) is None
         and getattr(attn, "add_k_proj", None) is None
     )
+
+
+def check_backend(config: TurboConfig) -> None:
+    """``ImportError`` when the config asks for xformers and it is not installed."""
+    if config.backend == "xformers" and not xformers_available():
+        raise ImportError("backend='xformers' needs xformers: pip install 'turbo-diffusion[xformers]'")

@@ -7,12 +7,13 @@ stride does not divide the grid) are always sources and are attached to the near
 
 Everything that depends only on the shape (window positions, the table of "other offsets", neighbourhoods) is
 computed once per shape and device by :func:`window_grid`; the per-call work in :func:`partition_tokens` is two
-small gathers.
+small gathers. The layout is built from shape-only ops (no ``nonzero``, no boolean indexing), so it can also be
+built inside a ``torch.compile`` graph when it was not cached before.
 """
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -57,16 +58,20 @@ class WindowGrid:
     def window_size(self) -> int:
         return self.sx * self.sy
 
-    @property
-    def num_sources(self) -> int:
-        return self.num_tokens - self.num_windows
+
+def window_count(height: int, width: int, sx: int = 2, sy: int = 2) -> int:
+    """Number of full windows (= destinations) of a ``height x width`` grid, without building it."""
+    return (height // min(sy, height)) * (width // min(sx, width))
 
 
-@functools.lru_cache(maxsize=128)
+_GRIDS: OrderedDict[tuple, WindowGrid] = OrderedDict()  # the cache of window_grid, least recently used first
+_CACHE_SIZE = 128
+
+
 def window_grid(
     height: int, width: int, sx: int = 2, sy: int = 2, radius: int | None = 1, device: str = "cpu"
 ) -> WindowGrid:
-    """Build (and cache) the window layout of a ``height x width`` token grid.
+    """The window layout of a ``height x width`` token grid, cached per shape and device.
 
     Args:
         height, width: grid size in tokens, at least 1 each.
@@ -74,7 +79,25 @@ def window_grid(
         radius: matching neighbourhood in windows: a source is compared with the destinations of the
             ``(2 * radius + 1) ** 2`` windows around its own. ``None`` compares with all destinations.
         device: where the index tensors live (a string so the cache key is hashable).
+
+    The cached layout is shared: treat its tensors as read-only (:func:`partition_tokens` hands out copies).
+    Inside a compiled graph the cache is only read: a layout built before compilation (``apply_turbo``'s UNet
+    hook builds its levels' layouts) enters the graph as constant inputs; a missing one is built in the graph.
     """
+    key = (height, width, sx, sy, radius, device)
+    grid = _GRIDS.get(key)
+    if torch.compiler.is_compiling():
+        return grid if grid is not None else _build_window_grid(*key)
+    if grid is None:
+        grid = _GRIDS[key] = _build_window_grid(*key)
+        if len(_GRIDS) > _CACHE_SIZE:
+            _GRIDS.popitem(last=False)
+    else:
+        _GRIDS.move_to_end(key)
+    return grid
+
+
+def _build_window_grid(height: int, width: int, sx: int, sy: int, radius: int | None, device: str) -> WindowGrid:
     if height < 1 or width < 1:
         raise ValueError(f"token grid must be at least 1x1, got {height}x{width}")
     sx, sy = min(sx, width), min(sy, height)
@@ -88,14 +111,18 @@ def window_grid(
     k = sx * sy
     offsets = torch.arange(k, device=dev)
     offset_pos = (offsets // sx) * width + offsets % sx
-    # others[o] lists the k - 1 offsets that are not o, in increasing order.
-    others = offsets.repeat(k, 1)[~torch.eye(k, dtype=torch.bool, device=dev)].view(k, k - 1)
+    # others[o] lists the k - 1 offsets that are not o, in increasing order: j, or j + 1 from o on.
+    slots = torch.arange(k - 1, device=dev)
+    others = slots[None, :] + (slots[None, :] >= offsets[:, None]).long()
 
-    r_all = torch.arange(height, device=dev).repeat_interleave(width)
-    c_all = torch.arange(width, device=dev).repeat(height)
-    outside = (r_all >= rows * sy) | (c_all >= cols * sx)
-    leftover = torch.nonzero(outside).flatten()
-    leftover_window = (r_all[leftover] // sy).clamp(max=rows - 1) * cols + (c_all[leftover] // sx).clamp(max=cols - 1)
+    # Tokens outside the full windows, in row-major order: the right strip of the windowed rows, then the
+    # rows below them (empty when the stride divides the grid).
+    windowed_rows = torch.arange(rows * sy, device=dev)[:, None]
+    right = (windowed_rows * width + torch.arange(cols * sx, width, device=dev)).flatten()
+    below = torch.arange(rows * sy * width, height * width, device=dev)
+    leftover = torch.cat([right, below])
+    leftover_r, leftover_c = leftover // width, leftover % width
+    leftover_window = (leftover_r // sy).clamp(max=rows - 1) * cols + (leftover_c // sx).clamp(max=cols - 1)
 
     neighbours = None
     if radius is not None and (rows > radius + 1 or cols > radius + 1):
@@ -129,7 +156,9 @@ class Partition:
 
 
 def random_offsets(grid: WindowGrid, generator: torch.Generator) -> torch.Tensor:
-    """Draw one destination offset per window, uniformly in ``[0, sx * sy)``; ``(Nw,)`` on the grid's device."""
+    """Draw one destination offset per window, uniformly in ``[0, sx * sy)``, from ``generator``; ``(Nw,)`` on the
+    grid's device. (Turbo's processor uses :func:`~turbo_diffusion.core.seeded_offsets`, which needs no
+    generator state and traces into compiled graphs.)"""
     offsets = torch.randint(grid.window_size, (grid.num_windows,), generator=generator, device=generator.device)
     return offsets.to(grid.window_base.device)
 
@@ -139,11 +168,15 @@ def partition_tokens(grid: WindowGrid, offsets: torch.Tensor | None = None) -> P
 
     Args:
         grid: from :func:`window_grid`.
-        offsets: ``(Nw,)`` in-window offset of each destination (see :func:`random_offsets`); ``None`` takes the
-            top-left token of every window, as tomesd does with ``use_rand=False``.
+        offsets: ``(Nw,)`` in-window offset of each destination (see :func:`~turbo_diffusion.core.seeded_offsets`
+            or :func:`random_offsets`); ``None`` takes the top-left token of every window, as tomesd does with
+            ``use_rand=False``.
+
+    Returns:
+        A `Partition` whose tensors are new: writing into them leaves the cached grid intact.
     """
     if offsets is None:
-        dst = grid.window_base
+        dst = grid.window_base.clone()  # never the cached tensor itself: a write into it would corrupt the cache
         src_offsets = grid.others[0].expand(grid.num_windows, -1)
     else:
         dst = grid.window_base + grid.offset_pos[offsets]

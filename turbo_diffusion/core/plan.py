@@ -15,10 +15,29 @@ it stands for. Both are a single row gather over the flattened batch, plus one `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .partition import Partition
 from .scores import information_degree, mutual_redundancy
+
+
+@dataclass(frozen=True, eq=False)
+class PlanScores:
+    """The scores a plan was chosen by, kept for inspection (they exist anyway; keeping them costs no work).
+
+    Attributes:
+        partition: the destinations/sources split.
+        redundancy: ``(B, Ns)`` mutual redundancy ``R`` of each source (partition order).
+        semantic: ``(B, N)`` semantic value ``S`` of every token, or ``None`` when none was used.
+        degree: ``(B, Ns)`` information degree ``E = R - alpha * S`` of each source.
+    """
+
+    partition: Partition
+    redundancy: torch.Tensor
+    semantic: torch.Tensor | None
+    degree: torch.Tensor
 
 
 class MergePlan:
@@ -30,6 +49,7 @@ class MergePlan:
         num_merged: ``r``, sources removed by merging; ``num_kept = N - r`` rows remain.
         sizes: ``(B, N - r)`` how many original tokens each merged row stands for (for proportional attention).
         merged_positions: ``(B, r)`` token positions that were merged away (for inspection and pictures).
+        scores: the `PlanScores` it was chosen by, or ``None`` for a plan rebuilt from saved indices.
     """
 
     def __init__(
@@ -42,6 +62,7 @@ class MergePlan:
         restore_row: torch.Tensor,
         sizes: torch.Tensor,
         num_dst: int,
+        scores: PlanScores | None = None,
     ) -> None:
         self.batch, self.num_kept = keep.shape
         self.num_tokens = num_tokens
@@ -49,6 +70,8 @@ class MergePlan:
         self.num_dst = num_dst
         self.sizes = sizes
         self.merged_positions = merged_src
+        self.scores = scores
+        self._indices = (keep, merged_src, merged_row, restore_row, sizes)
         # Flatten (B, *) row indices to rows of (B * N, C) / (B * M, C) so each move is one index_select.
         token_base = torch.arange(self.batch, device=keep.device)[:, None] * num_tokens
         row_base = torch.arange(self.batch, device=keep.device)[:, None] * self.num_kept
@@ -76,6 +99,30 @@ class MergePlan:
         channels = y.shape[-1]
         return y.reshape(-1, channels).index_select(0, self._restore).view(self.batch, self.num_tokens, channels)
 
+    def indices(self) -> tuple[torch.Tensor, ...]:
+        """The plan as tensors only, ``(keep, merged_src, merged_row, restore_row, sizes)``: what a block saves to
+        reuse the plan at a later step (see `from_indices`)."""
+        return self._indices
+
+    @classmethod
+    def from_indices(cls, indices: tuple[torch.Tensor, ...], num_tokens: int, num_dst: int) -> MergePlan:
+        """Rebuild a plan from `indices` (its ``scores`` are not kept)."""
+        keep, merged_src, merged_row, restore_row, sizes = indices
+        return cls(num_tokens=num_tokens, keep=keep, merged_src=merged_src, merged_row=merged_row,
+                   restore_row=restore_row, sizes=sizes, num_dst=num_dst)
+
+    @staticmethod
+    def empty_indices(batch: int, num_tokens: int, num_merged: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Zero-filled `indices` of the shapes a ``(B, N)`` plan merging ``r`` tokens has: storage to copy plans
+        into, allocated before a compiled graph first runs."""
+        kept = num_tokens - num_merged
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        return (zeros(batch, kept), zeros(batch, num_merged), zeros(batch, num_merged), zeros(batch, num_tokens),
+                zeros(batch, kept, dtype=torch.float32))
+
     def matches(self, x: torch.Tensor) -> bool:
         """Whether ``x`` has the batch and token count this plan was made for."""
         return x.dim() == 3 and x.shape[0] == self.batch and x.shape[1] == self.num_tokens
@@ -83,6 +130,11 @@ class MergePlan:
     def _check(self, x: torch.Tensor, tokens: int) -> None:
         if x.dim() != 3 or x.shape[0] != self.batch or x.shape[1] != tokens:
             raise ValueError(f"expected a ({self.batch}, {tokens}, C) tensor, got {tuple(x.shape)}")
+
+
+def merged_count(num_tokens: int, num_windows: int, ratio: float) -> int:
+    """``r = min(floor(ratio * N), N - Nw)``: tokens a plan merges away (every window keeps its destination)."""
+    return max(0, min(int(ratio * num_tokens), num_tokens - num_windows))
 
 
 def plan_merge(
@@ -148,4 +200,5 @@ def plan_merge(
         restore_row=restore_row,
         sizes=sizes,
         num_dst=num_dst,
+        scores=PlanScores(partition, redundancy, semantic, degree),
     )
