@@ -19,6 +19,7 @@ from turbo_diffusion.shapes.scenes import (
     sample_scene,
     scene_for_seed,
 )
+from turbo_diffusion.shapes.scoring import judge_scores, scene_records
 from turbo_diffusion.shapes.tokenizer import MAX_LENGTH, learn_merges, scene_tokenizer, scene_words
 
 # -- scenes ------------------------------------------------------------------------------------------------------
@@ -143,6 +144,28 @@ def test_an_empty_image_finds_nothing():
     assert verdict.num_blobs == 0
     assert not any(o.found for o in verdict.objects)
     assert verdict.scores()["colour"] == 0
+
+
+def test_the_compare_scorer_judges_an_image_against_its_records_scene():
+    record = scene_records(3)[2]
+    scene = scene_for_seed(record["scene_seed"])
+    assert record["prompt"] == scene.prompt
+    assert judge_scores(render(scene), None, record) == dict.fromkeys(
+        ("colour", "shape", "position", "size", "count", "prompt_correct"), 1.0)
+    blank = render(dataclasses.replace(scene, objects=()))
+    scores = judge_scores(blank, None, record)
+    assert scores["colour"] == 0.0 and scores["prompt_correct"] == 0.0
+    with pytest.raises(ValueError, match="scene_seed"):
+        judge_scores(blank, None, {"prompt": scene.prompt})
+
+
+def test_the_shapes_presets_hold_held_out_scene_records():
+    from turbo_diffusion.compare.prompts import load_prompts
+
+    records, preset = load_prompts("shapes")
+    assert len(records) == 200 and preset.seeds == (0, 1) and (preset.height, preset.steps) == (128, 20)
+    assert all(r["scene_seed"] % 2 == 1 for r in records)  # odd: never a training scene
+    assert load_prompts("shapes-quick")[0] == records[:16]
 
 
 def test_connected_components_labels_separate_regions():

@@ -64,7 +64,23 @@ def presets() -> dict[str, Preset]:
             steps=50, guidance=7.5, height=512, width=512, seeds=(0, 1), scheduler="pndm",
         ),
         "smoke": Preset("smoke", "four varied prompts for a quick look", SMOKE_PROMPTS),
+        "shapes": Preset(
+            "shapes",
+            "200 held-out scenes of the shapes model (records carry scene_seed for the judge scorer), 128x128, "
+            "20 steps, guidance 5, 2 seeds per scene (400 images)",
+            tuple(_scene_records(200)), steps=20, guidance=5.0, height=128, width=128, seeds=(0, 1),
+        ),
+        "shapes-quick": Preset(
+            "shapes-quick", "the first 16 scenes of the shapes preset, 1 seed: a quick look", tuple(_scene_records(16)),
+            steps=20, guidance=5.0, height=128, width=128, seeds=(0,),
+        ),
     }
+
+
+def _scene_records(count: int) -> list[dict[str, Any]]:
+    from ..shapes.scoring import scene_records  # numpy and Pillow, no torch
+
+    return scene_records(count)
 
 
 def load_prompts(source: str | Sequence[str | Mapping[str, Any]]) -> tuple[list[dict[str, Any]], Preset | None]:
