@@ -14,8 +14,10 @@ Module classes are never renamed or swapped, so ``unet.compile_repeated_blocks()
 model they expect (both tested). Everything is validated before anything changes, so a failing `apply_turbo`
 leaves the previous state as it was. `remove_turbo` puts back exactly the processors that were there before.
 When anything else replaces Turbo's processors (``enable_attention_slicing()``, ``fuse_qkv_projections()``,
-``set_attn_processor(...)``, ...), Turbo takes itself off completely, with one warning naming the call, so it
-never reports itself on while merging nothing.
+``set_attn_processor(...)``, ``set_default_attn_processor()``, ...), Turbo takes itself off completely, with one
+warning naming the call, so it never reports itself on while merging nothing. Where diffusers only re-creates
+Turbo's processors by calling their class (``load_ip_adapter()``, ``unload_ip_adapter()``), Turbo puts its own
+back and stays on. docs/DESIGN.md ("Processors replaced by other calls") lists what each call does.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .state import BlockState, CallState, ThreadLocal, block_memory
 logger = logging.getLogger("turbo_diffusion")
 
 _FEED_FORWARD_HOOK = "turbo_diffusion_feed_forward"
+_SET_DEFAULT = "set_default_attn_processor"  # the UNet method apply_turbo overrides on the instance
 
 # Processors Turbo may wrap: plain, fused, sliced and xformers attention (it keeps them for what it does not
 # merge). Anything else (IP-Adapter, custom) is left in place, with a warning.
@@ -62,7 +65,16 @@ _INSTALLED_BY = {
     "XFormersAttnProcessor": "enable_xformers_memory_efficient_attention()",
     "AttnProcessor": "set_default_attn_processor() / set_attn_processor(AttnProcessor())",
     "AttnProcessor2_0": "set_attn_processor(AttnProcessor2_0()) / unfuse_qkv_projections()",
+    "IPAdapterAttnProcessor": "load_ip_adapter()",
+    "IPAdapterAttnProcessor2_0": "load_ip_adapter()",
+    "IPAdapterXFormersAttnProcessor": "load_ip_adapter()",
 }
+
+# Why Turbo cannot stay on a UNet whose cross-attention another processor (IP-Adapter's, a custom one) runs.
+_CROSS_ATTENTION_TAKEN = (
+    "merge_crossattn and semantic='text' need Turbo's processor on cross-attention, but {what}; Turbo merges "
+    "self-attention alongside it with merge_crossattn=False and semantic='attention' (or 'none')"
+)
 
 SUPPORTED = "UNet2DConditionModel models: SD 1.x, SD 2.x, SDXL and the pipelines built on them " \
             "(text-to-image, img2img, inpainting, ControlNet, ...)"
@@ -80,11 +92,24 @@ class _Installation:
     pre_hook: RemovableHandle | None = None
 
     def replaced(self) -> Any:
-        """The processor that replaced one of Turbo's, or ``None`` while all of them are in place."""
-        for module, processor in self.layers:
-            if module.processor is not processor:
-                return module.processor
-        return None
+        """The processor that replaced one of Turbo's, or ``None`` while all of them are in place.
+
+        A layer where diffusers re-created Turbo's processor by calling its class with no arguments, as
+        ``load_ip_adapter()`` and ``unload_ip_adapter()`` do for every processor they keep, gets Turbo's own
+        processor back first: that call meant to keep the layer's processor, and a bare ``TurboProcessor()`` would
+        merge with the default config, detached from this installation.
+        """
+        current = [module.processor for module, _ in self.layers]
+        replacement = None
+        for (module, processor), now in zip(self.layers, current, strict=True):
+            if now is processor:
+                continue
+            # diffusers makes one per layer; one instance on several layers is someone's set_attn_processor(...).
+            if _is_recreation(now) and sum(p is now for p in current) == 1:
+                module.set_processor(processor)
+            elif replacement is None:
+                replacement = now
+        return replacement
 
     def start_call(self, sample: torch.Tensor, timestep: object) -> None:
         """Advance this thread's clock; on new shapes, allocate the blocks' storage (outside any graph)."""
@@ -167,6 +192,28 @@ class _FeedForwardHook(ModelHook):
         return plan.restore(forward(plan.merge(hidden_states), *args, **kwargs))
 
 
+class _SetDefaultAttnProcessor:
+    """``unet.set_default_attn_processor()`` on a UNet with Turbo: Turbo off, then diffusers' method.
+
+    diffusers' method raises on processor classes it does not list, `TurboProcessor` among them. What it promises
+    is to disable custom processors and set the default attention, so that is what it does here: Turbo comes off
+    (one warning naming the call), every layer gets diffusers' default and `turbo_config_of` returns ``None``.
+    Set on the UNet instance by `apply_turbo` (the class is untouched) and removed with Turbo.
+    """
+
+    def __init__(self, unet: UNet2DConditionModel) -> None:
+        self.unet = weakref.ref(unet)
+
+    def __call__(self) -> None:
+        unet = self.unet()
+        installation = _INSTALLATIONS.get(unet)
+        if installation is not None and not _retire_if_replaced(unet, installation):
+            _take_off(unet, installation)
+            logger.warning("Turbo is off: set_default_attn_processor() replaced its attention processors with "
+                           "diffusers' default. Call apply_turbo(...) again afterwards to merge on top of it.")
+        type(unet).set_default_attn_processor(unet)
+
+
 _INSTALLATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # UNet -> _Installation
 
 
@@ -181,11 +228,17 @@ def apply_turbo(model: Any, config: TurboConfig | dict[str, Any] | None = None, 
 
     Returns:
         ``model``, for chaining. Calling it again replaces the previous installation; if it raises, the previous
-        installation (or its absence) is left as it was.
+        installation (or its absence) is left as it was. A pipeline built without a UNet (``unet=None``, as
+        diffusers does to encode prompts on their own) has nothing to merge: the config is checked, nothing is
+        installed, and a warning says so; call it again once the pipeline has a UNet.
     """
-    unet = find_unet(model)
     config = resolve_config(config, **fields)
     check_backend(config)
+    unet = _unet_or_none(model)
+    if unet is None:
+        logger.warning(f"apply_turbo: this {type(model).__name__} has no UNet (unet=None), so there is nothing to "
+                       "merge and nothing was installed; call apply_turbo again once it has one.")
+        return model
     levels = transformer_block_levels(unet)
     depth = merge_depth(config, levels)
 
@@ -207,6 +260,8 @@ def apply_turbo(model: Any, config: TurboConfig | dict[str, Any] | None = None, 
                 processor = TurboProcessor._installed(context, originals[key], memory, f"{name}.{layer}")
                 wanted[key] = processor
                 installation.layers.append((getattr(block, layer), processor))
+            elif layer == "attn2":
+                raise ValueError(_CROSS_ATTENTION_TAKEN.format(what=f"{key} runs {type(originals[key]).__name__}"))
             else:
                 kept.append(f"{key} ({type(originals[key]).__name__})")
         if config.merge_mlp:
@@ -227,6 +282,7 @@ def apply_turbo(model: Any, config: TurboConfig | dict[str, Any] | None = None, 
         recorder.install()
         context.prompts = recorder
     installation.pre_hook = unet.register_forward_pre_hook(_CallStart(installation), with_kwargs=True)
+    unet.__dict__[_SET_DEFAULT] = _SetDefaultAttnProcessor(unet)
     _INSTALLATIONS[unet] = installation
     if kept:
         context.warn_once("kept", f"Turbo left {len(kept)} custom attention processor(s) in place: {', '.join(kept)}")
@@ -237,9 +293,11 @@ def remove_turbo(model: Any) -> Any:
     """Take Turbo off: restore the processors `apply_turbo` found and remove its hooks. Bare `TurboProcessor`\\ s
     set with ``unet.set_attn_processor`` are replaced by diffusers' default processor.
 
-    A model without Turbo is returned unchanged.
+    A model without Turbo (or a pipeline without a UNet) is returned unchanged.
     """
-    unet = find_unet(model)
+    unet = _unet_or_none(model)
+    if unet is None:
+        return model
     installation = _INSTALLATIONS.get(unet)
     if installation is not None:
         _take_off(unet, installation)
@@ -249,8 +307,11 @@ def remove_turbo(model: Any) -> Any:
 
 def turbo_config_of(model: Any) -> TurboConfig | None:
     """The `TurboConfig` merging on ``model``: the one `apply_turbo` installed, else a bare `TurboProcessor`'s;
-    ``None`` when Turbo is off (also after another call replaced its processors)."""
-    unet = find_unet(model)
+    ``None`` when Turbo is off (also after another call replaced its processors, and on a pipeline without a
+    UNet)."""
+    unet = _unet_or_none(model)
+    if unet is None:
+        return None
     installation = _INSTALLATIONS.get(unet)
     if installation is not None and not _retire_if_replaced(unet, installation):
         return installation.context.config
@@ -271,6 +332,13 @@ def find_unet(model: Any) -> UNet2DConditionModel:
     if getattr(model, "transformer", None) is not None:
         raise TypeError(f"{what} is a transformer-based model (SD3, Flux, PixArt, ...); Turbo supports {SUPPORTED}")
     raise TypeError(f"Turbo supports {SUPPORTED}; got {what}")
+
+
+def _unet_or_none(model: Any) -> UNet2DConditionModel | None:
+    """`find_unet`, or ``None`` for a pipeline whose ``unet`` is ``None`` (built without one)."""
+    if not isinstance(model, torch.nn.Module) and getattr(model, "unet", False) is None:
+        return None
+    return find_unet(model)
 
 
 def transformer_block_levels(unet: UNet2DConditionModel) -> dict[str, tuple[BasicTransformerBlock, int]]:
@@ -320,6 +388,11 @@ def _original(processor: Any) -> Any:
     return processor
 
 
+def _is_recreation(processor: Any) -> bool:
+    """A bare `TurboProcessor` made with no arguments: how diffusers re-creates a processor it keeps."""
+    return type(processor) is TurboProcessor and processor.made_without_arguments
+
+
 def _is_ours(processor: Any, installation: _Installation) -> bool:
     return isinstance(processor, TurboProcessor) and processor.context is installation.context
 
@@ -335,6 +408,8 @@ def _set_processors(unet: UNet2DConditionModel, choose) -> None:
 def _take_off(unet: UNet2DConditionModel, installation: _Installation) -> None:
     """Undo one installation: its hooks, and its processors where they still are (others are left alone)."""
     _INSTALLATIONS.pop(unet, None)
+    if isinstance(unet.__dict__.get(_SET_DEFAULT), _SetDefaultAttnProcessor):
+        del unet.__dict__[_SET_DEFAULT]
     _unhook(installation)
     _set_processors(unet, lambda name, p: installation.originals[name] if _is_ours(p, installation) else p)
 
@@ -357,8 +432,9 @@ def _retire_if_replaced(unet: torch.nn.Module, installation: _Installation) -> b
     _take_off(unet, installation)
     kind = type(replacement).__name__
     call = _INSTALLED_BY.get(kind, f"set_attn_processor({kind}(...))")
-    logger.warning(
-        f"Turbo is off: {call} replaced its attention processors with {kind}. Call apply_turbo(...) again "
-        "afterwards to merge on top of it (Turbo pipelines do this for you)."
-    )
+    if kind.startswith("IPAdapter"):
+        advice = _CROSS_ATTENTION_TAKEN.format(what=f"{call} put {kind} there")
+    else:
+        advice = "Call apply_turbo(...) again afterwards to merge on top of it (Turbo pipelines do this for you)."
+    logger.warning(f"Turbo is off: {call} replaced its attention processors with {kind}. {advice}")
     return True

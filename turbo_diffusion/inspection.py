@@ -21,7 +21,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from .core import MergePlan
-from .hooks import find_unet
+from .hooks import find_unet, turbo_config_of
 from .levels import Level
 from .processor import TurboProcessor
 
@@ -101,6 +101,7 @@ def inspect_plans(model: Any) -> Iterator[list[PlanRecord]]:
         ValueError: when no Turbo processor is installed on ``model``.
     """
     unet = find_unet(model)
+    turbo_config_of(unet)  # first settles processors another call replaced or re-created (see hooks)
     contexts = {id(p.context): p.context for p in unet.attn_processors.values() if isinstance(p, TurboProcessor)}
     if not contexts:
         raise ValueError("inspect_plans needs Turbo on this model: apply_turbo(model, ...) first")

@@ -31,7 +31,7 @@ from diffusers import (
 
 from .config import TurboConfig, resolve_config
 from .hooks import apply_turbo, remove_turbo, turbo_config_of
-from .processor import TurboProcessor
+from .processor import TurboProcessor, check_backend
 
 TURBO_CONFIG_NAME = "turbo_config.json"
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TurboConfig))
@@ -44,6 +44,8 @@ class TurboPipelineMixin:
     """Turbo controls for a diffusers pipeline with a ``unet``. Mixed in before the diffusers class."""
 
     _turbo_base: type  # the diffusers pipeline class, set by _turbo_pipeline
+    # The config asked for while the pipeline has no UNet (built with unet=None); installed when one is set.
+    _turbo_pending: TurboConfig | None = None
 
     def _init_turbo(self, turbo: TurboArg) -> None:
         if turbo is not False:
@@ -51,18 +53,34 @@ class TurboPipelineMixin:
 
     @property
     def turbo_config(self) -> TurboConfig | None:
-        """The installed `TurboConfig`, or ``None`` when Turbo is off."""
-        return turbo_config_of(self.unet)
+        """The installed `TurboConfig`, or ``None`` when Turbo is off (and while the pipeline has no UNet)."""
+        return turbo_config_of(self)
 
     def enable_turbo(self, config: TurboConfig | dict[str, Any] | None = None, **fields: Any) -> None:
         """Install Turbo, or change its settings: ``fields`` override ``config``, which defaults to the current
-        config (or the default one when Turbo is off)."""
-        base = config if config is not None else self.turbo_config
-        apply_turbo(self, resolve_config(base, **fields))
+        config (or the default one when Turbo is off).
+
+        On a pipeline without a UNet (``unet=None``: diffusers builds such pipelines to encode prompts), there is
+        nothing to merge: the config is checked and kept, and Turbo is installed when a UNet is assigned
+        (``pipe.unet = unet``)."""
+        current = self.turbo_config if self.turbo_config is not None else self._turbo_pending
+        config = resolve_config(config if config is not None else current, **fields)
+        if getattr(self, "unet", None) is None:
+            check_backend(config)
+            self._turbo_pending = config
+            return
+        apply_turbo(self, config)
 
     def disable_turbo(self) -> None:
         """Back to the processors the UNet had before Turbo: the baseline, bit for bit."""
+        self._turbo_pending = None
         remove_turbo(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "unet" and value is not None and self._turbo_pending is not None:
+            config, self._turbo_pending = self._turbo_pending, None
+            apply_turbo(self, config)
 
     def set_attn_processor(self, processor: Any) -> None:
         """Set the UNet's attention processor(s), as ``unet.set_attn_processor`` does.

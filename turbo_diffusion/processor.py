@@ -64,6 +64,9 @@ class TurboProcessor:
     """
 
     def __init__(self, config: TurboConfig | dict[str, Any] | None = None, **fields: Any) -> None:
+        # diffusers re-creates the processors it keeps with `type(processor)()` (load_ip_adapter,
+        # unload_ip_adapter): `apply_turbo` puts its own processor back on a layer holding such a re-creation.
+        self.made_without_arguments = config is None and not fields
         config = resolve_config(config, **fields)
         check_backend(config)
         self._setup(TurboContext(config), inner=None, memory=None, name=None)
@@ -75,6 +78,7 @@ class TurboProcessor:
         """The processor `apply_turbo` puts on one layer: it passes through to ``inner`` (the layer's previous
         processor) and shares ``memory`` with the other components of its transformer block."""
         processor = cls.__new__(cls)
+        processor.made_without_arguments = False
         processor._setup(context, inner, memory, name)
         return processor
 
