@@ -1,0 +1,86 @@
+"""Headless Chromium on the demo page, through Playwright's Python API: for the end-to-end test and for the
+README's screenshot (`demo/screenshot.py`). Uses the system's Chromium (Debian's ``chromium`` package), never a
+browser Playwright downloads itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# Without the background-networking flags Chromium keeps dialling hosts a closed network refuses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+GENERATE_TIMEOUT_MS = 110_000
+
+
+def find_chromium() -> str | None:
+    """The Chromium binary: ``$TURBO_DEMO_CHROMIUM``, else the first of `CHROMIUM_NAMES` on the ``PATH``."""
+    explicit = os.environ.get("TURBO_DEMO_CHROMIUM")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    return next((path for path in map(shutil.which, CHROMIUM_NAMES) if path), None)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def browser_page(width: int = 1500, height: int = 1100) -> Iterator[Any]:
+    """A Playwright page in headless system Chromium; ``RuntimeError`` when Playwright or Chromium is missing."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise RuntimeError("Playwright is not installed: pip install playwright") from None
+    executable = find_chromium()
+    if executable is None:
+        raise RuntimeError(f"no Chromium found (looked for {', '.join(CHROMIUM_NAMES)} and $TURBO_DEMO_CHROMIUM); "
+                           "on Debian: apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            yield page
+        finally:
+            browser.close()
+
+
+def open_demo(page: Any, url: str) -> None:
+    """Load the demo page and wait until its Generate button is there."""
+    page.goto(url, wait_until="domcontentloaded")
+    page.locator("#generate").wait_for(state="visible", timeout=60_000)
+
+
+def set_slider(page: Any, elem_id: str, value: float) -> None:
+    """Move the slider ``elem_id`` to ``value``, as dragging it would (input and change events)."""
+    page.locator(f"#{elem_id} input[type=range]").fill(str(value))
+
+
+def generate(page: Any, prompt: str, ratio: float | None = None, timeout_ms: int = GENERATE_TIMEOUT_MS) -> str:
+    """Type ``prompt``, move the ratio slider, click Generate and wait for the speed-up; returns the summary."""
+    page.locator("#prompt textarea").fill(prompt)
+    if ratio is not None:
+        set_slider(page, "ratio", ratio)
+    page.locator("#generate").click()
+    summary = page.locator("#summary")
+    summary.get_by_text("speed-up").wait_for(timeout=timeout_ms)
+    return summary.inner_text()
+
+
+def image_bytes(page: Any, elem_id: str) -> bytes:
+    """The bytes of the image shown in the image component ``elem_id``, fetched as the browser fetched them."""
+    source = page.locator(f"#{elem_id} img").first.get_attribute("src")
+    if not source:
+        raise AssertionError(f"#{elem_id} shows no image")
+    response = page.request.get(source if "://" in source else page.url.rstrip("/") + "/" + source.lstrip("/"))
+    if not response.ok:
+        raise AssertionError(f"#{elem_id}: {source} answered {response.status}")
+    return response.body()
