@@ -20,7 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: thi
 import gradio as gr  # noqa: E402
 
 from ..config import DOWNSAMPLES, SEMANTICS  # noqa: E402
-from .session import Comparison, DemoSession, SweepImage, format_psnr  # noqa: E402
+from .session import Comparison, DemoSession, Progress, SweepImage, format_psnr  # noqa: E402
 from .settings import MAX_RATIO, MAX_STEPS, SIZE_RANGE, SWEEP_RATIOS, Settings, from_page  # noqa: E402
 from .visuals import blocks_of, describe, heat_map, merge_overlay, pick  # noqa: E402
 
@@ -84,29 +84,37 @@ def build_app(session: DemoSession) -> gr.Blocks:
 
         settings_inputs = [prompt, seed, steps, size, guidance, ratio, alpha, semantic, max_downsample]
         panel = [overlay_image, r_map, s_map, e_map, detail]
-        def compare(*page: Any, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008 (Gradio's idiom)
-            return on_compare(session, *page, progress=progress)
-
-        def sweep_ratios(*page: Any, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
-            return on_sweep(session, *page, progress=progress)
-
         generate.click(
-            _safely(compare), settings_inputs, [comparison, baseline_image, turbo_image, summary, step, block, *panel],
+            page_event(functools.partial(on_compare, session), "compare"), settings_inputs,
+            [comparison, baseline_image, turbo_image, summary, step, block, *panel],
             concurrency_limit=1, concurrency_id="pipeline",
         )
         for control in (step, block):
             control.change(_safely(on_inspect), [comparison, step, block], panel)
         sweep.click(
-            _safely(sweep_ratios), settings_inputs, [gallery, sweep_table],
+            page_event(functools.partial(on_sweep, session), "sweep"), settings_inputs, [gallery, sweep_table],
             concurrency_limit=1, concurrency_id="pipeline",
         )
     return app
 
 
-def on_compare(session: DemoSession, *page: Any, progress: Callable[..., Any] | None = None) -> tuple:
+def page_event(action: Callable[[Settings, Progress | None], Any], name: str) -> Callable[..., Any]:
+    """The handler of a button that reads the settings column: ``action(settings, progress)`` with Gradio's
+    progress tracking, every failure shown as a readable `gr.Error` (see `_safely`). Named ``name`` in the API."""
+
+    @_safely
+    def handler(prompt: str, seed: float, steps: float, size: float, guidance: float, ratio: float, alpha: float,
+                semantic: str, max_downsample: str, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
+        settings = from_page(prompt, seed, steps, size, guidance, ratio, alpha, semantic, max_downsample)
+        return action(settings, _progress_of(progress))
+
+    handler.__name__ = name
+    return handler
+
+
+def on_compare(session: DemoSession, settings: Settings, progress: Progress | None = None) -> tuple:
     """The Compare button: baseline and Turbo images, the summary, the step and block choices, and the panel."""
-    settings = from_page(*page)
-    result = session.compare(settings, _progress_of(progress))
+    result = session.compare(settings, progress)
     blocks = blocks_of(result.plans)
     shown_step = max(1, settings.steps // 2)
     return (result, result.baseline, result.turbo, summarize(result),
@@ -120,9 +128,9 @@ def on_inspect(result: Comparison | None, step: float, block: str | None) -> tup
     return inspection_panel(result, int(step), block)
 
 
-def on_sweep(session: DemoSession, *page: Any, progress: Callable[..., Any] | None = None) -> tuple:
+def on_sweep(session: DemoSession, settings: Settings, progress: Progress | None = None) -> tuple:
     """The Sweep button: one image per ratio with its time and PSNR, and a table of the numbers."""
-    images = session.sweep(from_page(*page), SWEEP_RATIOS, _progress_of(progress))
+    images = session.sweep(settings, SWEEP_RATIOS, progress)
     return [(item.image, sweep_caption(item, images[0].seconds)) for item in images], sweep_table(images)
 
 
@@ -183,9 +191,7 @@ def _image(label: str, elem_id: str) -> gr.Image:
     return gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id)
 
 
-def _progress_of(progress: Callable[..., Any] | None) -> Callable[[int, int, str], None] | None:
-    if progress is None:
-        return None
+def _progress_of(progress: gr.Progress) -> Progress:
     return lambda done, total, what: progress((done, total), desc=f"{what}: step {done} of {total}")
 
 
@@ -208,4 +214,4 @@ def _safely(handler: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-__all__ = ["HOST", "Settings", "build_app", "launch", "on_compare", "on_inspect", "on_sweep"]
+__all__ = ["HOST", "build_app", "launch", "on_compare", "on_inspect", "on_sweep", "page_event", "serve"]
