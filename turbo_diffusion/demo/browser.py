@@ -16,6 +16,7 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 GENERATE_TIMEOUT_MS = 110_000
+VIEWPORT = (1500, 1100)
 
 
 def find_chromium() -> str | None:
@@ -34,8 +35,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def browser_page(width: int = 1500, height: int = 1100) -> Iterator[Any]:
-    """A Playwright page in headless system Chromium; ``RuntimeError`` when Playwright or Chromium is missing."""
+def open_browser() -> Iterator[Any]:
+    """A Playwright `Browser` in headless system Chromium; ``RuntimeError`` when Playwright or Chromium is missing.
+    Open its tabs with ``new_page(viewport=...)``."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -47,10 +49,16 @@ def browser_page(width: int = 1500, height: int = 1100) -> Iterator[Any]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def browser_page(width: int = VIEWPORT[0], height: int = VIEWPORT[1]) -> Iterator[Any]:
+    """One page (tab) of `open_browser`, ``width`` x ``height`` CSS pixels."""
+    with open_browser() as browser:
+        yield browser.new_page(viewport={"width": width, "height": height})
 
 
 def open_demo(page: Any, url: str) -> None:
@@ -64,15 +72,39 @@ def set_slider(page: Any, elem_id: str, value: float) -> None:
     page.locator(f"#{elem_id} input[type=range]").fill(str(value))
 
 
-def generate(page: Any, prompt: str, ratio: float | None = None, timeout_ms: int = GENERATE_TIMEOUT_MS) -> str:
-    """Type ``prompt``, move the ratio slider, click Generate and wait for the speed-up; returns the summary."""
+def fill_settings(page: Any, prompt: str, ratio: float | None = None, seed: int | None = None) -> None:
+    """Type ``prompt`` (and ``seed``) and move the ratio slider to ``ratio``, as a person would."""
     page.locator("#prompt textarea").fill(prompt)
+    if seed is not None:
+        page.locator("#seed input").fill(str(seed))
     if ratio is not None:
         set_slider(page, "ratio", ratio)
+
+
+def wait_for_result(page: Any, previous: str = "", timeout_ms: int = GENERATE_TIMEOUT_MS) -> str:
+    """Wait until the summary under the images is settled (no longer pending), holds a speed-up and is not
+    ``previous``; returns its text."""
+    page.wait_for_function(
+        "previous => { const w = document.querySelector('#summary [data-testid=markdown-wrapper]');"
+        " return w !== null && !w.classList.contains('pending') && w.innerText.includes('speed-up')"
+        " && w.innerText !== previous; }",
+        arg=previous, timeout=timeout_ms,
+    )
+    return summary_text(page)
+
+
+def summary_text(page: Any) -> str:
+    """The summary under the images (without Gradio's progress text)."""
+    return page.locator("#summary [data-testid=markdown-wrapper]").inner_text()
+
+
+def generate(page: Any, prompt: str, ratio: float | None = None, seed: int | None = None,
+             timeout_ms: int = GENERATE_TIMEOUT_MS) -> str:
+    """Fill in the settings, click Generate and wait for the new result; returns the summary under the images."""
+    fill_settings(page, prompt, ratio, seed)
+    previous = summary_text(page)
     page.locator("#generate").click()
-    summary = page.locator("#summary")
-    summary.get_by_text("speed-up").wait_for(timeout=timeout_ms)
-    return summary.inner_text()
+    return wait_for_result(page, previous, timeout_ms)
 
 
 def image_bytes(page: Any, elem_id: str) -> bytes:
