@@ -27,8 +27,9 @@ from .visuals import blocks_of, describe, heat_map, merge_overlay, pick  # noqa:
 HOST = "127.0.0.1"
 TITLE = "Turbo token merging: side by side"
 # System fonts only: the page must not wait on a font server it cannot reach.
-# Small images (64 or 128 px) fill their panel, pixels kept sharp.
-CSS = "#baseline-image img, #turbo-image img { width: 100%; height: auto; image-rendering: pixelated; }"
+# Small images (64 or 128 px) are shown at least as large as the 256 px maps, pixels kept sharp.
+CSS = ("#baseline-image img, #turbo-image img { min-width: 256px; min-height: 256px; max-width: 100%; "
+       "object-fit: contain; image-rendering: pixelated; }")
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
 
@@ -188,7 +189,8 @@ def serve(app: gr.Blocks, port: int, block: bool = True, quiet: bool = False) ->
 
 
 def _image(label: str, elem_id: str) -> gr.Image:
-    return gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id)
+    return gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id,
+                    buttons=["download", "fullscreen"])
 
 
 def _progress_of(progress: gr.Progress) -> Progress:

@@ -104,7 +104,17 @@ def generate(page: Any, prompt: str, ratio: float | None = None, seed: int | Non
     fill_settings(page, prompt, ratio, seed)
     previous = summary_text(page)
     page.locator("#generate").click()
-    return wait_for_result(page, previous, timeout_ms)
+    summary = wait_for_result(page, previous, timeout_ms)
+    wait_until_idle(page, timeout_ms)
+    return summary
+
+
+def wait_until_idle(page: Any, timeout_ms: int = GENERATE_TIMEOUT_MS) -> None:
+    """Wait until no component shows Gradio's progress tracker (e.g. the panel redrawn after a result)."""
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0",
+        timeout=timeout_ms,
+    )
 
 
 def image_bytes(page: Any, elem_id: str) -> bytes:
