@@ -34,11 +34,14 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     stage("demo", "importing torch, diffusers, transformers and gradio")
-    from ..demo.app import HOST, launch
+    from ..demo.app import HOST, build_app, serve
+    from ..demo.session import DemoSession
 
     stage("demo", loading_message(args.model) + ", then warming up")
+    session = DemoSession(args.model, args.device, args.dtype)
+    session.warm_up()
     stage("demo", f"serving on http://{HOST}:{args.port} (Ctrl+C stops)")
-    launch(args.model, args.port, args.device, args.dtype)
+    serve(build_app(session), args.port, quiet=True)
     return 0
 
 
