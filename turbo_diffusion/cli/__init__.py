@@ -15,7 +15,7 @@ import os
 import sys
 
 from .. import __version__
-from . import bench, compare, generate, train_shapes
+from . import bench, compare, demo, generate, train_shapes
 from .common import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -31,11 +31,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="turbo-diffusion",
-        description="Turbo token merging for Stable Diffusion in diffusers: generate, benchmark, compare.",
+        description="Turbo token merging for Stable Diffusion in diffusers: generate, benchmark, compare, demo.",
     )
     parser.add_argument("--version", action="version", version=f"turbo-diffusion {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (generate, bench, compare, train_shapes):
+    for module in (generate, bench, compare, demo, train_shapes):
         module.add_parser(sub)
     return parser
 
