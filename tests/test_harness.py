@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from turbo_diffusion.harness.errors import ModelLoadError, OutputError
-from turbo_diffusion.harness.loading import load_model
+from turbo_diffusion.harness.loading import load_model, loading_message
 from turbo_diffusion.harness.measure import NOISY_SPREAD, Timing, compile_module, time_interleaved
 from turbo_diffusion.harness.methods import MethodError, make_method, parse_method, parse_methods
 from turbo_diffusion.harness.output import check_writable, write_json
@@ -183,3 +183,9 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_bench_run_does_not_import_its_report():
     assert ".report" not in imported_modules(PACKAGE / "bench" / "run.py")
+
+
+def test_the_loading_message_says_which_models_have_random_weights():
+    assert "random weights" in loading_message("sd15-arch")
+    assert "random weights" not in loading_message("shapes") and "trained" in loading_message("shapes")
+    assert loading_message("some/folder") == "loading some/folder"

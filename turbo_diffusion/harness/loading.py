@@ -17,6 +17,8 @@ def loading_message(model: str) -> str:
     2-core CPU)"``, or ``"loading path/to/model"``."""
     if model in BUILD_SECONDS:
         return f"building {model} (random weights; about {about(BUILD_SECONDS[model])} on a 2-core CPU)"
+    if model == "shapes":
+        return "loading shapes (a miniature SD trained here on drawn scenes; about 1 s)"
     return f"loading {model}"
 
 
