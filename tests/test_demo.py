@@ -265,11 +265,8 @@ def demo_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("args", "message"), [
     (["--port", "0"], "--port must be from 1 to 65535, got 0"),
     (["--model", "nosuch"], "unknown model 'nosuch'"),
-    (["--model", "shapes"], "the shapes model's weights are missing"),
 ])
 def test_demo_refuses_bad_arguments_in_one_line_before_importing_anything_heavy(args, message):
-    if args[1] == "shapes" and demo_settings.default_model() == "shapes":
-        pytest.skip("the shapes weights are there")
     done = demo_cli(*args)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"

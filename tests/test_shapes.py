@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -267,3 +268,26 @@ def test_train_shapes_rejects_bad_arguments(tmp_path, capsys, args, message):
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_committed_weights_load_as_the_builtin_model_and_in_plain_diffusers():
+    from diffusers import StableDiffusionPipeline
+
+    from turbo_diffusion.model_names import SHAPES_FOLDER
+    from turbo_diffusion.models import load_pipeline, uses_random_weights
+
+    pipe = load_pipeline("shapes")
+    assert type(pipe) is StableDiffusionPipeline and not uses_random_weights(pipe)
+    assert pipe.unet.config.sample_size == 32  # 32x32 latent tokens at the finest attention level
+    plain = StableDiffusionPipeline.from_pretrained(SHAPES_FOLDER)
+    assert plain.unet.config == pipe.unet.config
+    size = sum(f.stat().st_size for f in Path(SHAPES_FOLDER).rglob("*") if f.is_file())
+    assert size <= 25 * 2**20
+
+
+def test_load_pipeline_names_the_folder_when_the_shapes_weights_are_missing(tmp_path, monkeypatch):
+    from turbo_diffusion import models
+
+    monkeypatch.setattr(models, "SHAPES_FOLDER", str(tmp_path))
+    with pytest.raises(ValueError, match="the shapes model's weights are missing from"):
+        models.load_pipeline("shapes")
