@@ -12,6 +12,7 @@ restore lands more than twice as far.
 from __future__ import annotations
 
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from turbo_diffusion.core.plan import MergePlan
 from turbo_diffusion.model_names import SHAPES_FOLDER
 from turbo_diffusion.shapes.evaluate import eval_scenes, generate, judge_all
 from turbo_diffusion.shapes.scenes import render
+from turbo_diffusion.shapes.train import _to_tensor  # the pixels -> [-1, 1] transform the model was trained on
 
 SCENES = 16
 STEPS = 10
@@ -43,17 +45,24 @@ def _accuracy(scores: dict[str, float]) -> float:
     return (scores["colour"] + scores["shape"] + scores["position"]) / 3
 
 
-class _WrongRestore:
-    def __init__(self, damage):
-        self.damage = damage
+def _wrong_restore(damage):
+    """Patch `MergePlan.restore` so that its output goes through ``damage``."""
+    original = MergePlan.restore
+    return mock.patch.object(MergePlan, "restore", lambda plan, y: damage(original(plan, y)))
 
-    def __enter__(self):
-        self.original = MergePlan.restore
-        original, damage = self.original, self.damage
-        MergePlan.restore = lambda plan, y: damage(original(plan, y))
 
-    def __exit__(self, *exc):
-        MergePlan.restore = self.original
+def _each_run(pipe, produce) -> dict:
+    """``produce()`` for the baseline, Turbo at 0.5, and Turbo with each of WRONG_RESTORES, by run name."""
+    out = {"baseline": produce()}
+    apply_turbo(pipe, ratio=0.5)
+    try:
+        out["turbo"] = produce()
+        for name, damage in WRONG_RESTORES.items():
+            with _wrong_restore(damage):
+                out[name] = produce()
+    finally:
+        remove_turbo(pipe)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -68,24 +77,14 @@ def pipe():
 @pytest.fixture(scope="module")
 def runs(pipe):
     scenes = eval_scenes(SCENES)
-    images = {"baseline": generate(pipe, scenes, steps=STEPS)}
-    apply_turbo(pipe, ratio=0.5)
-    try:
-        images["turbo"] = generate(pipe, scenes, steps=STEPS)
-        for name, damage in WRONG_RESTORES.items():
-            with _WrongRestore(damage):
-                images[name] = generate(pipe, scenes, steps=STEPS)
-    finally:
-        remove_turbo(pipe)
-    return scenes, images
+    return scenes, _each_run(pipe, lambda: generate(pipe, scenes, steps=STEPS))
 
 
 @pytest.fixture(scope="module")
 def noise_predictions(pipe):
     """The UNet's noise prediction for each rendered scene, noised at each of TIMESTEPS, per run."""
     scenes = eval_scenes(SCENES)
-    pixels = torch.stack([torch.from_numpy(np.asarray(render(s), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
-                          for s in scenes])
+    pixels = torch.stack([_to_tensor(render(s)) for s in scenes])
     with torch.no_grad():
         latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
         text = pipe.encode_prompt([s.prompt for s in scenes], "cpu", 1, False)[0]
@@ -99,16 +98,7 @@ def noise_predictions(pipe):
                 out.append(pipe.unet(noisy, steps, encoder_hidden_states=text).sample)
             return out
 
-        runs = {"baseline": predict()}
-        apply_turbo(pipe, ratio=0.5)
-        try:
-            runs["turbo"] = predict()
-            for name, damage in WRONG_RESTORES.items():
-                with _WrongRestore(damage):
-                    runs[name] = predict()
-        finally:
-            remove_turbo(pipe)
-    return runs
+        return _each_run(pipe, predict)
 
 
 def _image_problems(scenes, baseline, images) -> list[str]:
