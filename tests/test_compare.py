@@ -7,7 +7,10 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -337,6 +340,71 @@ def test_another_configuration_in_the_same_folder_is_refused_without_force(pipe,
     result = small(pipe, tmp_path, metrics=(), steps=3, force=True)
     assert result.configuration["steps"] == 3
     assert json.loads((tmp_path / "compare.json").read_text())["configuration"]["steps"] == 3
+
+
+def test_a_rerun_with_more_prompts_seeds_and_methods_generates_only_what_is_new(pipe, tmp_path, count_generations):
+    small(pipe, tmp_path, metrics=())
+    first = {p: p.stat().st_mtime_ns for p in (tmp_path / "images").rglob("*.png")}
+    count_generations.clear()
+    result = small(pipe, tmp_path, metrics=(), prompts=PROMPTS, seeds=[0, 1], methods=METHODS)
+    assert len(count_generations) == 3 + (2 * 2 * 3 - 2)  # a warm-up per method, then 12 images less the 2 kept
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())
+    assert sum(r.reused for r in result.images) == 2 and len(result.images) == 12
+    count_generations.clear()
+    subset = small(pipe, tmp_path, metrics=(), prompts=PROMPTS[:1], seeds=[1], methods="baseline,turbo@0")
+    assert count_generations == [] and all(r.reused for r in subset.images)
+
+
+def test_an_image_of_another_seed_or_method_is_not_taken_for_this_one(pipe, tmp_path, count_generations):
+    small(pipe, tmp_path, metrics=())
+    baseline = next((tmp_path / "images").rglob("baseline/*.png"))
+    turbo = next((tmp_path / "images").rglob("turbo-0.5/*.png"))
+    baseline.write_bytes(turbo.read_bytes())  # the turbo image under the baseline's name
+    count_generations.clear()
+    result = small(pipe, tmp_path, metrics=())
+    assert [r.method for r in result.images if not r.reused] == ["baseline"]
+    assert runner.read_png_meta(baseline)["method"] == "baseline"
+
+
+def test_images_from_before_per_image_keys_are_reused_through_the_recorded_configuration(pipe, tmp_path,
+                                                                                        count_generations):
+    small(pipe, tmp_path, metrics=())
+    for path in (tmp_path / "images").rglob("*.png"):  # as an older version wrote them: no key
+        meta = runner.read_png_meta(path)
+        del meta["key"]
+        with Image.open(path) as image:
+            runner.save_png(image.copy(), path, meta)
+    count_generations.clear()
+    small(pipe, tmp_path, metrics=(), seeds=[0, 1])  # a new configuration: the old one is kept as "earlier"
+    assert len(count_generations) == 2 + 2  # only the new seed's images
+    count_generations.clear()
+    result = small(pipe, tmp_path, metrics=())
+    assert count_generations == [] and all(r.reused for r in result.images)
+    (tmp_path / "compare.json").unlink()  # without the record the old images cannot be told apart: made again
+    small(pipe, tmp_path, metrics=())
+    assert len(count_generations) == 2 + 2
+
+
+SPLIT_SCRIPT = """
+import torch
+from turbo_diffusion.compare.api import process_state
+state = process_state(torch.device("cpu"))
+with state.split_between_processes(list(range(6))) as mine:
+    print(f"rank {state.process_index} of {state.num_processes}: {mine}", flush=True)
+"""
+
+
+def test_two_cpu_processes_split_the_prompts_between_them(tmp_path):
+    """Under torchrun / accelerate launch on a machine without an accelerator, accelerate needs ``cpu=True`` to see
+    the other processes; without it each process generated every image."""
+    script = tmp_path / "split.py"
+    script.write_text(SPLIT_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert lines == ["rank 0 of 2: [0, 1, 2]", "rank 1 of 2: [3, 4, 5]"]
 
 
 # ---- command line ----------------------------------------------------------------------------------------------

@@ -115,10 +115,8 @@ def compare(
         turbo_diffusion.harness.errors.HarnessError: bad settings, an occupied or unwritable folder, a model that
             cannot be loaded (one-line message), before any image is generated.
     """
-    from accelerate import PartialState
-
     device = pipeline.device if pipeline is not None else (
-        PartialState().device if device == "auto" else resolve_device(device))
+        process_state(None).device if device == "auto" else resolve_device(device))
     spec = make_spec(model, prompts, seeds, methods, steps, guidance, height, width, dtype, device.type, max_prompts)
     scoring = Scoring(tuple(metrics), tuple(scorers), clip_model, fid_reference, fid_weights, fid_feature_extractor)
     return run_compare(spec, out_dir, scoring, pipeline=pipeline, device=device, force=force, progress=progress,
@@ -130,11 +128,10 @@ def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring 
                 log: Log | None = None) -> CompareResult | None:
     """Generate, score and report ``spec`` in ``out_dir`` (see `compare`). ``device`` defaults to the
     pipeline's, else the accelerate process's."""
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
     say = log or (lambda _: None)
-    state = PartialState()
+    state = process_state(device or (pipeline.device if pipeline is not None else None))
     device = device or (pipeline.device if pipeline is not None else state.device)
     scoring.check()
     out = Path(out_dir)
@@ -190,6 +187,18 @@ def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring 
     _write_outputs(result, spec, random_note)
     state.wait_for_everyone()
     return result
+
+
+def process_state(device: torch.device | None) -> Any:
+    """accelerate's `PartialState` for a run on ``device`` (``None``: wherever accelerate puts this process).
+
+    A run on the CPU, or on a machine with no accelerator, passes ``cpu=True``: without it accelerate finds no
+    distributed set-up under ``accelerate launch``/``torchrun`` on a CPU-only machine, and every process would
+    generate every image (the same files, written twice, for no speed-up)."""
+    from accelerate import PartialState
+
+    cpu = device.type == "cpu" if device is not None else not torch.accelerator.is_available()
+    return PartialState(cpu=cpu)
 
 
 def _notes(spec: CompareSpec, records: list[Any]) -> list[str]:

@@ -5,11 +5,14 @@
 * Interleaved timing (`turbo_diffusion.harness.measure`): methods take turns on each prompt and seed (in rotating
   order), after one short warm-up generation per method, which also measures the method's peak memory (CPU or
   CUDA), so drift on a busy machine hits all methods alike and no timed call runs a memory sampler.
-* Resumable: an image whose PNG exists, made under the same configuration (recorded in the PNG), is reused with
-  the time measured when it was made. ``force=True`` regenerates everything.
-* A folder remembers its configuration (``compare.json``), written once the first image is about to be saved; a
-  folder with another configuration and images is refused unless forced. A failed run that saved no image
-  leaves no record, so its corrected rerun goes ahead.
+* Resumable and growable: each PNG records its own key (`spec.image_key`: the settings, prompt, seed and method
+  that decide it), and an image whose PNG exists with the key this run wants is reused with the time measured
+  when it was made. So a rerun with more prompts, seeds or methods (or a subset: ``max_prompts``) generates only
+  what is missing. ``force=True`` regenerates everything.
+* A folder remembers its configuration (``compare.json``), written once the first image is about to be saved,
+  and the earlier ones it held (so PNGs from before per-image keys stay reusable). A folder with images made
+  under other model, steps, guidance, size, dtype, device or scheduler is refused unless forced. A failed run that
+  saved no image leaves no record, so its corrected rerun goes ahead.
 * Under ``accelerate launch`` prompts are split across processes (``PartialState.split_between_processes``); each
   process has every method of its prompts, so pairwise metrics need no communication.
 """
@@ -34,7 +37,7 @@ from ..harness.methods import Method
 from ..harness.output import write_json
 from ..harness.processors import attention_level, level_grid
 from .results import ImageRecord
-from .spec import CompareError, CompareSpec
+from .spec import GROWABLE, CompareError, CompareSpec, image_key
 
 CONFIG_FILE = "compare.json"
 _PNG_KEY = "turbo_diffusion.compare"
@@ -48,8 +51,9 @@ def image_path(spec: CompareSpec, method: Method, prompt_index: int, seed: int) 
 
 
 def check_output_dir(out_dir: Path, spec: CompareSpec, force: bool) -> None:
-    """Refuse (`CompareError`) a folder that holds a comparison of another configuration, unless ``force``. A
-    record without any image (a run that failed before its first image) counts as no record."""
+    """Refuse (`CompareError`) a folder that holds a comparison whose images cannot be this one's (other settings
+    than prompts, seeds and methods), unless ``force``. A record without any image (a run that failed before its
+    first image) counts as no record."""
     path = out_dir / CONFIG_FILE
     if force or not path.exists() or not any((out_dir / "images").rglob("*.png")):
         return
@@ -60,15 +64,42 @@ def check_output_dir(out_dir: Path, spec: CompareSpec, force: bool) -> None:
     if previous.get("fingerprint") == spec.fingerprint():
         return
     old, new = previous.get("configuration", {}), spec.configuration()
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["version"]
+    changed = sorted(k for k in set(old) | set(new) if k not in GROWABLE and old.get(k) != new.get(k))
+    if old and not changed:
+        return  # the same kind of images: those this run shares with the folder are reused
+    changed = changed or ["version"]
     raise CompareError(f"{out_dir} holds a comparison with other settings (differs in: {', '.join(changed)}); "
                        "use --force to overwrite it or choose another --out")
 
 
 def write_config(out_dir: Path, spec: CompareSpec) -> None:
-    """Record the configuration of ``out_dir``."""
-    write_json(out_dir / CONFIG_FILE, {"tool": "turbo-diffusion compare", "fingerprint": spec.fingerprint(),
-                                       "configuration": spec.configuration()})
+    """Record the configuration of ``out_dir``, keeping the configurations recorded before under ``earlier``
+    (by fingerprint): PNGs written before per-image keys are matched through them."""
+    fingerprint = spec.fingerprint()
+    previous = _read_config(out_dir)
+    earlier = dict(previous.get("earlier", {}))
+    if previous.get("configuration") and previous.get("fingerprint") not in (None, fingerprint):
+        earlier[previous["fingerprint"]] = previous["configuration"]
+    earlier.pop(fingerprint, None)
+    write_json(out_dir / CONFIG_FILE, {"tool": "turbo-diffusion compare", "fingerprint": fingerprint,
+                                       "configuration": spec.configuration(), "earlier": earlier})
+
+
+def _read_config(out_dir: Path) -> dict[str, Any]:
+    try:
+        value = json.loads((out_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _recorded_configurations(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every configuration the folder recorded, by fingerprint: the current one and the earlier ones."""
+    record = _read_config(out_dir)
+    known = dict(record.get("earlier", {}))
+    if record.get("fingerprint") and record.get("configuration"):
+        known[record["fingerprint"]] = record["configuration"]
+    return known
 
 
 def generation_size(pipe: Any, spec: CompareSpec) -> tuple[int, int]:
@@ -86,7 +117,8 @@ def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequen
     warm-up and before the generations (with the time they are expected to take)."""
     from tqdm.auto import tqdm
 
-    fingerprint = spec.fingerprint()
+    fingerprint, configuration = spec.fingerprint(), spec.configuration()
+    recorded = {} if force else _recorded_configurations(out_dir)
     records: list[ImageRecord] = []
     todo: list[tuple[int, int, list[Method]]] = []  # (prompt index, seed, methods still to generate)
     for p in prompt_indices:
@@ -94,7 +126,8 @@ def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequen
             missing = []
             for method in spec.methods:
                 rel = image_path(spec, method, p, s)
-                meta = None if force else _reusable(out_dir / rel, fingerprint)
+                key = image_key(configuration, p, s, method.label)
+                meta = None if force else _reusable(out_dir / rel, key, recorded)
                 if meta is None:
                     missing.append(method)
                 else:
@@ -131,7 +164,8 @@ def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequen
                 on_first_image()
                 on_first_image = None
             rel = image_path(spec, method, p, s)
-            meta = {"fingerprint": fingerprint, "method": method.label, "prompt_index": p, "seed": s,
+            meta = {"fingerprint": fingerprint, "key": image_key(configuration, p, s, method.label),
+                    "method": method.label, "prompt_index": p, "seed": s,
                     "seconds": seconds, "peak_memory_bytes": peaks[method.label], "device": str(device)}
             save_png(image, out_dir / rel, meta, random_note)
             records.append(ImageRecord(method.label, p, spec.texts[p], s, rel, seconds, peaks[method.label]))
@@ -187,6 +221,17 @@ def read_png_meta(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _reusable(path: Path, fingerprint: str) -> dict[str, Any] | None:
+def _reusable(path: Path, key: str, recorded: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The PNG's metadata when it was made as the image of ``key``, else ``None``. A PNG from before per-image keys
+    has its key worked out from the configuration its fingerprint names (``recorded``), when the folder kept it."""
     meta = read_png_meta(path) if path.exists() else None
-    return meta if meta and meta.get("fingerprint") == fingerprint else None
+    if not meta:
+        return None
+    if "key" in meta:
+        return meta if meta["key"] == key else None
+    configuration = recorded.get(meta.get("fingerprint"))
+    try:
+        made_as = image_key(configuration, meta["prompt_index"], meta["seed"], meta["method"])
+    except (KeyError, IndexError, TypeError):  # no configuration recorded, or one without this image
+        return None
+    return meta if made_as == key else None

@@ -93,8 +93,34 @@ class CompareSpec:
 
     def fingerprint(self) -> str:
         """A short hash of `configuration`."""
-        text = json.dumps(self.configuration(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _short_hash(self.configuration())
+
+    def image_key(self, prompt_index: int, seed: int, method: Method) -> str:
+        """A short hash of what decides one image: the folder's settings, its prompt record, seed and method."""
+        return image_key(self.configuration(), prompt_index, seed, method.label)
+
+
+GROWABLE = ("preset", "prompts", "seeds", "methods")
+"""The settings a comparison folder may change from run to run: each image is kept under its own `image_key`, so a
+rerun with more prompts, seeds or methods (or fewer) reuses every image it shares with the earlier runs. The other
+settings (model, steps, guidance, size, dtype, device, scheduler) change every image."""
+
+
+def image_key(configuration: Mapping[str, Any], prompt_index: int, seed: int, method_label: str) -> str:
+    """The `CompareSpec.image_key` of an image, from a `CompareSpec.configuration` (this run's or one recorded in
+    a folder); raises `KeyError` when the configuration has no such method."""
+    method = next((m for m in configuration["methods"] if m["label"] == method_label), None)
+    if method is None:
+        raise KeyError(method_label)
+    prompt = configuration["prompts"][prompt_index]
+    shared = {k: v for k, v in configuration.items() if k not in GROWABLE}
+    return _short_hash({**shared, "prompt": {"prompt": prompt} if isinstance(prompt, str) else prompt,
+                        "seed": seed, "method": method})
+
+
+def _short_hash(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def make_spec(
