@@ -16,15 +16,13 @@ from unittest import mock
 
 import numpy as np
 import pytest
-import torch
 
 from turbo_diffusion import apply_turbo, remove_turbo
 from turbo_diffusion.compare.metrics import psnr
 from turbo_diffusion.core.plan import MergePlan
 from turbo_diffusion.model_names import SHAPES_FOLDER
-from turbo_diffusion.shapes.evaluate import eval_scenes, generate, judge_all
-from turbo_diffusion.shapes.scenes import render
-from turbo_diffusion.shapes.train import _to_tensor  # the pixels -> [-1, 1] transform the model was trained on
+from turbo_diffusion.shapes.evaluate import eval_scenes, generate, judge_all, prediction_deviation
+from turbo_diffusion.shapes.evaluate import noise_predictions as one_step
 
 SCENES = 16
 STEPS = 10
@@ -84,21 +82,14 @@ def runs(pipe):
 def noise_predictions(pipe):
     """The UNet's noise prediction for each rendered scene, noised at each of TIMESTEPS, per run."""
     scenes = eval_scenes(SCENES)
-    pixels = torch.stack([_to_tensor(render(s)) for s in scenes])
-    with torch.no_grad():
-        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        text = pipe.encode_prompt([s.prompt for s in scenes], "cpu", 1, False)[0]
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    return _each_run(pipe, lambda: one_step(pipe, scenes, TIMESTEPS))
 
-        def predict():
-            out = []
-            for t in TIMESTEPS:
-                steps = torch.full((len(scenes),), t)
-                noisy = pipe.scheduler.add_noise(latents, noise, steps)
-                out.append(pipe.unet(noisy, steps, encoder_hidden_states=text).sample)
-            return out
 
-        return _each_run(pipe, predict)
+def test_the_one_step_check_does_not_depend_on_what_ran_before(pipe, noise_predictions):
+    """A generation in between sets the scheduler's timesteps; the check must feed the UNet the same inputs."""
+    generate(pipe, eval_scenes(2), steps=2)
+    again = one_step(pipe, eval_scenes(SCENES), TIMESTEPS)
+    assert prediction_deviation(noise_predictions["baseline"], again) < 1e-6
 
 
 def _image_problems(scenes, baseline, images) -> list[str]:
@@ -113,10 +104,6 @@ def _image_problems(scenes, baseline, images) -> list[str]:
     return problems
 
 
-def _deviation(baseline, predictions) -> float:
-    return max(float((p - b).norm() / b.norm()) for p, b in zip(predictions, baseline, strict=True))
-
-
 def test_the_baseline_draws_what_the_prompts_ask(runs):
     scenes, images = runs
     # far above chance: about 1/8 for colour, 1/3 for shape, 1/9 for the cell
@@ -129,14 +116,14 @@ def test_turbo_keeps_the_shapes_model_within_the_margins(runs):
 
 
 def test_turbo_keeps_the_noise_prediction_close(noise_predictions):
-    assert _deviation(noise_predictions["baseline"], noise_predictions["turbo"]) <= MAX_DEVIATION
+    assert prediction_deviation(noise_predictions["baseline"], noise_predictions["turbo"]) <= MAX_DEVIATION
 
 
 @pytest.mark.parametrize("wrong", sorted(WRONG_RESTORES))
 def test_a_wrong_restore_breaks_the_margins(runs, noise_predictions, wrong):
     scenes, images = runs
     assert _image_problems(scenes, images["baseline"], images[wrong]) != []
-    assert _deviation(noise_predictions["baseline"], noise_predictions[wrong]) > MAX_DEVIATION
+    assert prediction_deviation(noise_predictions["baseline"], noise_predictions[wrong]) > MAX_DEVIATION
 
 
 def test_turbo_changed_something(runs):

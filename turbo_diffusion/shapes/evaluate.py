@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .judge import SceneVerdict, judge
-from .scenes import Scene, scene_for_seed
+from .scenes import Scene, render, scene_for_seed
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 5.0
@@ -60,3 +60,35 @@ def evaluate(pipe: Any, scenes: Sequence[Scene], seed: int = 0, steps: int = DEF
              guidance: float = DEFAULT_GUIDANCE, batch: int = 16) -> dict[str, float]:
     """Generate every scene and return the judge's mean scores."""
     return judge_all(generate(pipe, scenes, seed, steps, guidance, batch), scenes)[0]
+
+
+def noise_predictions(pipe: Any, scenes: Sequence[Scene], timesteps: Sequence[int] = (200, 500, 800),
+                      seed: int = 0) -> list:
+    """The UNet's one-step noise prediction on each scene's render, encoded and noised at each of ``timesteps``:
+    one ``(len(scenes), C, h, w)`` tensor per timestep. It isolates the UNet (no sampler, no drift over steps).
+
+    The renders are noised from the scheduler's ``alphas_cumprod`` directly, ``sqrt(a_t) x + sqrt(1 - a_t) n``:
+    a multistep scheduler's own ``add_noise`` looks ``t`` up in the schedule of its last ``set_timesteps`` and,
+    for a ``t`` not in it, silently noises at the last step instead, so after a generation it would feed the UNet
+    other inputs than before one."""
+    import torch
+
+    from .train import _to_tensor  # the pixels -> [-1, 1] transform the model was trained on
+
+    pixels = torch.stack([_to_tensor(render(s)) for s in scenes])
+    alphas = pipe.scheduler.alphas_cumprod
+    out = []
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        text = pipe.encode_prompt([s.prompt for s in scenes], "cpu", 1, False)[0]
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+        for t in timesteps:
+            a = alphas[t].to(latents.dtype)
+            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+            out.append(pipe.unet(noisy, torch.full((len(scenes),), t), encoder_hidden_states=text).sample)
+    return out
+
+
+def prediction_deviation(baseline: Sequence, predictions: Sequence) -> float:
+    """``|eps - eps_baseline| / |eps_baseline|`` over the batch, the worst over the timesteps."""
+    return max(float((p - b).norm() / b.norm()) for p, b in zip(predictions, baseline, strict=True))
