@@ -366,6 +366,19 @@ def test_an_image_of_another_seed_or_method_is_not_taken_for_this_one(pipe, tmp_
     assert runner.read_png_meta(baseline)["method"] == "baseline"
 
 
+def test_a_setting_added_later_at_its_old_behaviour_keeps_the_image_keys():
+    from turbo_diffusion.compare.spec import image_key, make_spec
+
+    configuration = make_spec("tiny", PROMPTS, [0], "baseline,turbo@0.5").configuration()
+    settings = configuration["methods"][1]["settings"]
+    assert settings["proportional_attn"] is False
+    key = image_key(configuration, 0, 0, "turbo@0.5")
+    del settings["proportional_attn"]  # as recorded before the setting existed
+    assert image_key(configuration, 0, 0, "turbo@0.5") == key
+    settings["proportional_attn"] = True
+    assert image_key(configuration, 0, 0, "turbo@0.5") != key
+
+
 def test_images_from_before_per_image_keys_are_reused_through_the_recorded_configuration(pipe, tmp_path,
                                                                                         count_generations):
     small(pipe, tmp_path, metrics=())

@@ -41,6 +41,31 @@ def test_without_proportional_attention_unequal_sizes_change_the_result():
     assert (tokens - expected).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_proportional_attention_makes_tokens_mode_exact_on_duplicate_tokens(ratio):
+    # Queries, keys and values all merge; every merged token is a copy of those it replaced, and + log(size)
+    # weighs it as often as they were: each restored row must be the unmerged attention's.
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=2, dim_head=16).eval()
+    x = window_copies()
+    with torch.no_grad():
+        expected = AttnProcessor2_0()(attn, x)
+        tokens = TurboProcessor(ratio=ratio, alpha=0.0, proportional_attn=True)(attn, x)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_proportional_attention_is_a_checked_switch_that_changes_the_unet_output():
+    unet = tiny_sd15_unet()
+    args, kwargs = unet_args(unet)
+    apply_turbo(unet)
+    plain = run(unet, args, kwargs)
+    apply_turbo(unet, proportional_attn=True)
+    proportional = run(unet, args, kwargs)
+    assert torch.isfinite(proportional).all() and (proportional - plain).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="proportional_attn must be True or False, got 'yes'"):
+        TurboConfig(proportional_attn="yes")
+
+
 def test_kv_mode_changes_the_unet_output_and_needs_only_self_attention():
     unet = tiny_sd15_unet()
     args, kwargs = unet_args(unet)

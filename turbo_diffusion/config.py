@@ -53,6 +53,13 @@ class TurboConfig:
             steps) and reuse its indices in between. 1 plans every step; larger values save the planning time at
             the cost of merging by slightly stale similarities. At least 1. Under ``torch.compile`` the choice is a
             ``torch.cond`` in the graph; in eager mode it reads one flag from the device per UNet call.
+        proportional_attn (`bool`, defaults to False): in ``mode="tokens"``, add ``log(size)`` to each merged key's
+            logit in self-attention, so a token that stands for k tokens draws the attention those k would have
+            (ToMe's proportional attention; ``mode="kv"`` always does this). Without it a region that merged
+            heavily gets less attention than it had. Closer to the unmerged output (on the ``shapes`` model the
+            one-step noise-prediction deviation at ratio 0.5 falls by a fifth for ``alpha=0``, by two fifths for
+            ``alpha=1``: benchmarks/QUALITY.md); the cost is an additive bias in attention, which keeps SDPA off
+            its flash kernel on GPUs (and on SDPA with ``backend="xformers"``).
         merge_attn (`bool`, defaults to True): merge around self-attention (where the time goes).
         merge_crossattn (`bool`, defaults to False): also merge around cross-attention (more speed, more change).
         merge_mlp (`bool`, defaults to False): also merge around the feed-forward (most speed, most change).
@@ -71,6 +78,7 @@ class TurboConfig:
     match_radius: int | None = 1
     mode: str = "tokens"
     plan_every: int = 1
+    proportional_attn: bool = False
     merge_attn: bool = True
     merge_crossattn: bool = False
     merge_mlp: bool = False
@@ -98,7 +106,7 @@ class TurboConfig:
         _check_int("plan_every", self.plan_every, "an integer >= 1", lambda v: v >= 1)
         if self.match_radius is not None:
             _check_int("match_radius", self.match_radius, "None or an integer >= 0", lambda v: v >= 0)
-        for name in ("use_rand", "merge_attn", "merge_crossattn", "merge_mlp"):
+        for name in ("use_rand", "proportional_attn", "merge_attn", "merge_crossattn", "merge_mlp"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.mode == "kv" and (self.merge_crossattn or self.merge_mlp or not self.merge_attn):

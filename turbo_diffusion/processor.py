@@ -141,7 +141,8 @@ class TurboProcessor:
         with _phase(PROFILE_MERGE):
             merged = plan.merge(x)
         with _phase(PROFILE_ATTENTION):
-            y = attend(attn, merged, backend=self._backend(x))
+            log_sizes = plan.sizes.log().to(x.dtype)[:, None, None, :] if self.config.proportional_attn else None
+            y = attend(attn, merged, log_size_bias=log_sizes, backend=self._backend(x))
         with _phase(PROFILE_RESTORE):
             return _finish(attn, plan.restore(y), x)
 

@@ -106,12 +106,19 @@ rerun with more prompts, seeds or methods (or fewer) reuses every image it share
 settings (model, steps, guidance, size, dtype, device, scheduler) change every image."""
 
 
+ADDED_LATER = {"proportional_attn": False}
+"""Method settings added after per-image keys, with the value that reproduces the behaviour from before: left out
+of `image_key`, so images made before the setting existed keep their keys."""
+
+
 def image_key(configuration: Mapping[str, Any], prompt_index: int, seed: int, method_label: str) -> str:
     """The `CompareSpec.image_key` of an image, from a `CompareSpec.configuration` (this run's or one recorded in
     a folder); raises `KeyError` when the configuration has no such method."""
     method = next((m for m in configuration["methods"] if m["label"] == method_label), None)
     if method is None:
         raise KeyError(method_label)
+    method = {**method, "settings": {k: v for k, v in method.get("settings", {}).items()
+                                     if k not in ADDED_LATER or ADDED_LATER[k] != v}}
     prompt = configuration["prompts"][prompt_index]
     shared = {k: v for k, v in configuration.items() if k not in GROWABLE}
     return _short_hash({**shared, "prompt": {"prompt": prompt} if isinstance(prompt, str) else prompt,
