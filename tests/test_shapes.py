@@ -222,6 +222,39 @@ def test_the_feature_network_gives_one_vector_per_image():
     assert features.shape == (3, 128) and np.isfinite(features).all()
 
 
+def test_the_committed_feature_network_knows_the_scenes():
+    """Trained by benchmarks/train_scene_features.py: 99.9% colour, 100% shape, 98.6% whole scenes on 512 held-out
+    renders. A feature space that did not know colours and shapes would make KID blind to what the judge checks."""
+    from turbo_diffusion.shapes.features import WEIGHTS, cell_accuracy, load_features
+
+    assert WEIGHTS.is_file() and WEIGHTS.stat().st_size < 2_000_000
+    accuracy = cell_accuracy(load_features(), scenes=96)
+    assert accuracy["colour"] > 0.98 and accuracy["shape"] > 0.98 and accuracy["whole_scene"] > 0.9
+
+
+def test_kid_in_the_scene_feature_space_tells_perfect_drawings_from_colourless_ones():
+    from PIL import ImageFilter
+
+    from turbo_diffusion.shapes.evaluate import eval_scenes
+    from turbo_diffusion.shapes.features import extract, kid, load_features
+
+    model = load_features()
+    reference = extract(model, [render(scene_for_seed(2 * i)) for i in range(200)])  # other scenes than these
+    renders = [render(s) for s in eval_scenes(120)]
+    grey = [im.convert("L").convert("RGB").filter(ImageFilter.GaussianBlur(2)) for im in renders]
+    same_world, spread = kid(extract(model, renders), reference, subsets=20, subset_size=60)
+    damaged, _ = kid(extract(model, grey), reference, subsets=20, subset_size=60)
+    assert abs(same_world) < 3 * spread + 0.01  # measured 0.018 +- 0.024 (300 reference renders)
+    assert damaged > 10 * (abs(same_world) + spread)  # measured 1.10
+
+
+def test_missing_feature_weights_say_how_to_make_them(tmp_path):
+    from turbo_diffusion.shapes.features import load_features
+
+    with pytest.raises(FileNotFoundError, match="train_scene_features.py"):
+        load_features(tmp_path / "none.safetensors")
+
+
 # -- training ----------------------------------------------------------------------------------------------------
 
 

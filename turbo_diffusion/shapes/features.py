@@ -22,6 +22,7 @@ from torch import nn
 from .scenes import COLOURS, POSITIONS, SHAPES, render, sample_scene
 
 FEATURE_SIZE = 64  # the classifier reads images downscaled to this
+WEIGHTS = Path(__file__).with_name("scene_features.safetensors")  # written by benchmarks/train_scene_features.py
 _COLOURS, _SHAPES = tuple(COLOURS), SHAPES
 _CELLS = len(POSITIONS)
 
@@ -95,19 +96,46 @@ def train_features(steps: int = 1500, batch: int = 64, seed: int = 0, progress: 
     return model.eval()
 
 
-def load_features(path: str | Path) -> SceneFeatures:
+@torch.no_grad()
+def cell_accuracy(model: SceneFeatures, scenes: int = 512, seed: int = 999_000) -> dict[str, float]:
+    """Per-cell accuracy (empty cells included) of colour and shape on ``scenes`` fresh renders, and the share of
+    scenes whose 9 cells are all right on both: how well the feature space knows the scenes."""
+    rng = random.Random(seed)
+    drawn = [sample_scene(rng) for _ in range(scenes)]
+    colour_t, shape_t = (torch.stack(t) for t in zip(*(_targets(s) for s in drawn), strict=True))
+    colour_logits, shape_logits = model(to_input([render(s) for s in drawn]))
+    colour_ok, shape_ok = colour_logits.argmax(-1) == colour_t, shape_logits.argmax(-1) == shape_t
+    return {"colour": colour_ok.float().mean().item(), "shape": shape_ok.float().mean().item(),
+            "whole_scene": (colour_ok & shape_ok).all(-1).float().mean().item()}
+
+
+def save_features(model: SceneFeatures, path: str | Path = WEIGHTS) -> None:
+    """Write the weights as fp16 safetensors (about 1 MB)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def load_features(path: str | Path = WEIGHTS) -> SceneFeatures:
+    """The trained feature network (fp16 on disk, float32 here)."""
     from safetensors.torch import load_file
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no scene-feature weights at {path}: train them with "
+                                "python benchmarks/train_scene_features.py")
     model = SceneFeatures()
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return model.eval()
 
 
 @torch.no_grad()
 def extract(model: SceneFeatures, images, batch: int = 128) -> np.ndarray:
-    """``(N, 128)`` float64 features of PIL images."""
+    """``(N, 128)`` float64 features of PIL images, each scaled to norm ``sqrt(128)``: the network's own scale is
+    arbitrary, and on this sphere the cubic kernel's ``x . y / d`` lies in ``[-1, 1]``, so KID values are
+    comparable from one trained network to the next."""
     chunks = [model.features(to_input(images[i:i + batch])) for i in range(0, len(images), batch)]
-    return torch.cat(chunks).double().numpy()
+    features = torch.cat(chunks).double()
+    return (features / features.norm(dim=1, keepdim=True).clamp_min(1e-12) * features.shape[1] ** 0.5).numpy()
 
 
 def kid(x: np.ndarray, y: np.ndarray, subsets: int = 50, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
