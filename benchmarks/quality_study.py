@@ -1,6 +1,7 @@
 """The quality study on the ``shapes`` model: does information degree beat ToMe at equal ratio?
 
     python benchmarks/quality_study.py --out outputs/quality                       # the full study (hours on a CPU)
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/quality_study.py --out outputs/quality  # 2 cores
     python benchmarks/quality_study.py --out outputs/quality-core --methods core --ratios 0.5 0.7 --seeds 0
     python benchmarks/quality_study.py --out outputs/quality-quick --methods quick --ratios 0.5 --max-prompts 64
 
@@ -12,7 +13,12 @@ judge (`turbo_diffusion.shapes.scoring.judge_scores`) against the scene's ground
   minus the baseline's and minus ToMe's (Turbo with ``alpha=0``) at the same ratio;
 * a plot of accuracy and PSNR against ratio, one line per method;
 * where merged tokens fall: over a few scenes, the share of merged finest-level tokens that lie on an object,
-  against the share of all tokens that do (``inspect_plans`` and the scenes' object masks).
+  against the share of all tokens that do (``inspect_plans`` and the scenes' object masks);
+* KID to the renders of the scenes, in the feature space of a scene classifier trained on renders
+  (`turbo_diffusion.shapes.features`; train it with ``benchmarks/train_scene_features.py``).
+
+Images are kept per image in ``OUT``: a rerun with ``--max-prompts N`` reads the first N prompts of a run still
+under way (or stopped), and the full command later generates only what is missing.
 
 Everything goes to ``OUT/study.md`` and ``OUT/study.json`` beside compare's own report, grids and images.
 The shapes model is a toy trained here on drawn scenes, not Stable Diffusion: the study says what Turbo does to
@@ -35,6 +41,7 @@ STUDY = (
     "turbo@{r}:semantic=text,alpha=0.5", "turbo@{r}:semantic=text", "turbo@{r}:semantic=text,alpha=2",
     "turbo@{r}:semantic=text,alpha=4", "tome@{r}", "todo@{r}", "turbo@{r}:plan_every=3", "turbo@{r}:mode=kv",
     "turbo@{r}:merge_mlp=True", "turbo@{r}:max_downsample=2",
+    "turbo@{r}:alpha=0,proportional_attn=True", "turbo@{r}:proportional_attn=True",
 )
 CORE = ("turbo@{r}:alpha=0", "turbo@{r}", "turbo@{r}:alpha=4", "turbo@{r}:semantic=text", "tome@{r}", "todo@{r}")
 QUICK = ("turbo@{r}:alpha=0", "turbo@{r}", "turbo@{r}:semantic=text", "tome@{r}")
@@ -64,6 +71,8 @@ def main() -> None:
     result = compare(args.model, args.prompts, seeds=args.seeds, methods=methods, out_dir=args.out,
                      max_prompts=args.max_prompts, metrics=(), scorers=[judge_scores], device="cpu",
                      log=print)
+    if result is None:  # not the main process of a multi-process run: it wrote its share of the images
+        return
     labels = {t.format(r=r): parse_method(t.format(r=r)).label for r in args.ratios for t in templates}
     images = [r.to_dict() for r in result.images]
     study = {
@@ -71,6 +80,7 @@ def main() -> None:
         "images": len(images),
         "table": table(images, labels, args.ratios, templates),
         "location": merged_location(args.model, args.location_scenes, args.ratios[len(args.ratios) // 2]),
+        "kid": kid_rows(images, ["baseline", *labels.values()], result.configuration["prompts"], Path(args.out)),
     }
     out = Path(args.out)
     (out / "study.json").write_text(json.dumps(study, indent=1))
@@ -165,6 +175,40 @@ def merged_location(model: str, scenes: int, ratio: float) -> list[dict]:
     return rows
 
 
+def kid_rows(images: list[dict], methods: list[str], prompts: list[dict], out: Path,
+             reference_scenes: int = 1000) -> list[dict]:
+    """KID of each method's images against renders of ``reference_scenes`` other held-out scenes, in the feature
+    space of the scene classifier trained on renders (`turbo_diffusion.shapes.features`): mean and spread over 50
+    subsets of 100. The reference holds none of the prompts' scenes (a method's images would otherwise be paired
+    with their own scenes' renders, and KID assumes independent sets). A first row, perfect renders of the prompts'
+    own scenes, shows the floor; the feature network was trained with blur, so KID here measures what is drawn
+    (colours, shapes, cells), not sharpness."""
+    from PIL import Image
+
+    from turbo_diffusion.shapes.evaluate import eval_scene_seed
+    from turbo_diffusion.shapes.features import extract, kid, load_features
+    from turbo_diffusion.shapes.scenes import render, scene_for_seed
+
+    model = load_features()
+    reference = extract(model, [render(scene_for_seed(eval_scene_seed(100_000 + i))) for i in range(reference_scenes)])
+    used = sorted({i["prompt_index"] for i in images})
+    sets = {"renders of the prompts' scenes": extract(model, [render(scene_for_seed(prompts[p]["scene_seed"]))
+                                                             for p in used])}
+    for method in methods:
+        pictures = []
+        for image in images:
+            if image["method"] == method:
+                with Image.open(out / image["path"]) as picture:
+                    pictures.append(picture.convert("RGB"))
+        sets[method] = extract(model, pictures)
+    rows = []
+    for name, features in sets.items():
+        mean, spread = kid(features, reference)
+        rows.append({"method": name, "images": len(features), "reference": len(reference), "kid": mean,
+                     "spread": spread})
+    return rows
+
+
 def plot(rows: list[dict], templates: tuple[str, ...], path: Path) -> None:
     import matplotlib
 
@@ -204,6 +248,12 @@ def markdown(study: dict, templates: tuple[str, ...]) -> str:
     for r in study["location"]:
         lines.append(f"| {r['selection']} | {r['ratio']} | {r['merged_on_objects']:.3f} | "
                      f"{r['tokens_on_objects']:.3f} | {r['scenes']} |")
+    if study.get("kid"):
+        lines += ["", "| images | KID to renders of other scenes (spread over subsets) | images | reference |",
+                  "|---|---|---|---|"]
+        for r in study["kid"]:
+            lines.append(f"| `{r['method']}` | {r['kid']:.3f} ({r['spread']:.3f}) | {r['images']} | "
+                         f"{r['reference']} |")
     return "\n".join(lines) + "\n"
 
 
