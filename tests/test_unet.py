@@ -419,3 +419,42 @@ def test_the_mask_warning_does_not_silence_the_prompt_mask_warning(caplog):
         processor._content_mask(1, 7, torch.device("cpu"))
     assert "attention mask is not merged" in caplog.text
     assert "prompt token mask (1, 3) does not fit" in caplog.text
+
+
+# -- copies ----------------------------------------------------------------------------------------------------
+
+
+def test_a_deep_copy_of_a_turbo_unet_merges_as_the_original_and_comes_off_on_its_own():
+    import copy
+
+    unet = tiny_sd15_unet()
+    args, kwargs = unet_args(unet)
+    baseline = run(unet, args, kwargs)
+    apply_turbo(unet, alpha=2.0, merge_mlp=True)
+    turbo = run(unet, args, kwargs)
+    twin = copy.deepcopy(unet)
+    torch.testing.assert_close(run(twin, args, kwargs), turbo, rtol=0, atol=0)  # merging, not silently plain
+    assert turbo_config_of(twin) == turbo_config_of(unet)
+    remove_turbo(twin)
+    torch.testing.assert_close(run(twin, args, kwargs), baseline, rtol=0, atol=0)
+    torch.testing.assert_close(run(unet, args, kwargs), turbo, rtol=0, atol=0)  # the original kept Turbo
+    remove_turbo(unet)
+    torch.testing.assert_close(run(unet, args, kwargs), baseline, rtol=0, atol=0)
+
+
+def test_a_copy_taken_off_before_its_first_call_stays_plain_and_leaves_the_original_alone():
+    import copy
+
+    unet = tiny_sd15_unet()
+    args, kwargs = unet_args(unet)
+    baseline = run(unet, args, kwargs)
+    apply_turbo(unet)
+    turbo = run(unet, args, kwargs)
+    removed, defaulted = copy.deepcopy(unet), copy.deepcopy(unet)
+    remove_turbo(removed)
+    defaulted.set_default_attn_processor()
+    for twin in (removed, defaulted):  # diffusers' default is AttnProcessor, a hair off SDPA's numbers
+        torch.testing.assert_close(run(twin, args, kwargs), baseline, rtol=0, atol=1e-5)
+        assert turbo_config_of(twin) is None and not twin._forward_pre_hooks
+    torch.testing.assert_close(run(unet, args, kwargs), turbo, rtol=0, atol=0)
+    assert turbo_config_of(unet) is not None

@@ -168,6 +168,8 @@ class _CallStart:
     @torch.compiler.disable
     def __call__(self, unet: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         installation = self.installation()
+        if installation is not None and _INSTALLATIONS.get(unet) is not installation:
+            installation = _adopt_copy(unet, installation.context.config)
         if installation is None or _retire_if_replaced(unet, installation):
             return None
         sample = args[0] if args else kwargs["sample"]
@@ -204,10 +206,18 @@ class _SetDefaultAttnProcessor:
     def __init__(self, unet: UNet2DConditionModel) -> None:
         self.unet = weakref.ref(unet)
 
+    def __deepcopy__(self, memo: dict) -> _SetDefaultAttnProcessor:
+        """The copy of a UNet's method acts on the copied UNet (``copy.deepcopy`` puts it in ``memo`` first)."""
+        unet = self.unet()
+        copied = memo.get(id(unet)) if unet is not None else None
+        return _SetDefaultAttnProcessor(copied if copied is not None else unet)
+
     def __call__(self) -> None:
         unet = self.unet()
         installation = _INSTALLATIONS.get(unet)
-        if installation is not None and not _retire_if_replaced(unet, installation):
+        if installation is None:
+            remove_turbo(unet)  # a copy that has not run yet: its copied Turbo pieces come off
+        elif not _retire_if_replaced(unet, installation):
             _take_off(unet, installation)
             logger.warning("Turbo is off: set_default_attn_processor() replaced its attention processors with "
                            "diffusers' default. Call apply_turbo(...) again afterwards to merge on top of it.")
@@ -301,6 +311,8 @@ def remove_turbo(model: Any) -> Any:
     installation = _INSTALLATIONS.get(unet)
     if installation is not None:
         _take_off(unet, installation)
+    else:
+        _strip_copied_hooks(unet)
     _set_processors(unet, lambda name, processor: _original(processor))
     return model
 
@@ -403,6 +415,38 @@ def _set_processors(unet: UNet2DConditionModel, choose) -> None:
     chosen = {name: choose(name, processor) for name, processor in current.items()}
     if any(chosen[name] is not current[name] for name in current):
         unet.set_attn_processor(chosen)
+
+
+def _adopt_copy(unet: torch.nn.Module, config: TurboConfig) -> _Installation | None:
+    """Turbo on a copy of a Turbo UNet (``copy.deepcopy``), at its first call.
+
+    A deep copy carries copies of Turbo's processors and hooks, but the hook it carries still reports to the
+    original's installation (it holds it by weak reference, which copies as is), so the copy's processors would
+    never learn where a call is and silently merge nothing. Its copied Turbo pieces are taken off and, if its
+    layers still hold Turbo's processors, Turbo is installed afresh with the same config: the copy then merges as
+    the original does and `remove_turbo` undoes it. A ``semantic="text"`` copy of a bare UNet has no pipeline to
+    read the prompt from (see `apply_turbo`).
+    """
+    _strip_copied_hooks(unet)
+    if not any(isinstance(p, TurboProcessor) for p in unet.attn_processors.values()):
+        return None  # someone replaced the copy's processors before its first call: leave theirs
+    _set_processors(unet, lambda name, processor: _original(processor))
+    apply_turbo(unet, config)
+    return _INSTALLATIONS.get(unet)
+
+
+def _strip_copied_hooks(unet: torch.nn.Module) -> None:
+    """Remove the Turbo hooks a UNet carries without an installation of its own (a deep copy's)."""
+    for hook_id, hook in list(unet._forward_pre_hooks.items()):
+        if isinstance(hook, _CallStart):
+            del unet._forward_pre_hooks[hook_id]
+            unet._forward_pre_hooks_with_kwargs.pop(hook_id, None)
+    if isinstance(unet.__dict__.get(_SET_DEFAULT), _SetDefaultAttnProcessor):
+        del unet.__dict__[_SET_DEFAULT]
+    for module in unet.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook(_FEED_FORWARD_HOOK) is not None:
+            registry.remove_hook(_FEED_FORWARD_HOOK, recurse=False)
 
 
 def _take_off(unet: UNet2DConditionModel, installation: _Installation) -> None:

@@ -40,6 +40,11 @@ class ThreadLocal(Generic[T]):
             value = self._local.value = self._factory()
         return value
 
+    def __deepcopy__(self, memo: dict) -> ThreadLocal[T]:
+        """A copy starts with no per-thread values (a copied model has made no call yet); ``copy.deepcopy`` of a
+        Turbo UNet would otherwise fail on ``threading.local``."""
+        return ThreadLocal(self._factory)
+
 
 @dataclass
 class BlockState:
