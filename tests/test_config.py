@@ -80,6 +80,14 @@ def test_defaults():
     assert (cfg.mode, cfg.plan_every, cfg.match_radius) == ("tokens", 1, 1)
 
 
+def test_parse_fields_reads_lowercase_booleans_and_none_as_shells_spell_them():
+    from turbo_diffusion.config import parse_fields
+
+    assert parse_fields("merge_mlp=true,use_rand=FALSE,match_radius=none,semantic=none,backend='true'") == {
+        "merge_mlp": True, "use_rand": False, "match_radius": None, "semantic": "none", "backend": "true"}
+    assert TurboConfig(**parse_fields("merge_mlp=true,max_downsample=none")).merge_mlp is True
+
+
 def test_parse_fields_reads_literals_and_bare_words():
     from turbo_diffusion.config import parse_fields
 

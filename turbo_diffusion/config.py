@@ -151,7 +151,9 @@ def parse_fields(spec: str) -> dict[str, Any]:
 
     The command-line form of config fields (``--turbo`` in ``generate`` and ``bench``, ``turbo@R:...`` in
     ``compare``). Items are split at commas outside brackets and quotes. Values are Python literals (``None``,
-    ``0.5``, ``True``, ``'text'``, ``(1, 2)``), and a bare word is a string. Names are not checked here; give the
+    ``0.5``, ``True``, ``'text'``, ``(1, 2)``), and a bare word is a string, except ``true``/``false`` in any case
+    (booleans) and ``none`` for any field but ``semantic`` (where ``none`` is a choice; elsewhere it means
+    ``None``), as shells and other tools spell them. Names are not checked here; give the
     result to `TurboConfig`, which names unknown fields. Raises ``ValueError`` (one line) for an item that is not
     ``name=value``, a name given twice, or a value that is neither a literal nor a bare word.
     """
@@ -162,7 +164,13 @@ def parse_fields(spec: str) -> dict[str, Any]:
             raise ValueError(f"expected field=value, got {item.strip()!r}")
         if name in fields:
             raise ValueError(f"{name} given twice")
-        fields[name] = _literal(text)
+        value = _literal(text)
+        if isinstance(value, str) and value == text:  # a bare word
+            if value.lower() in ("true", "false"):
+                value = value.lower() == "true"
+            elif value.lower() == "none" and name != "semantic":
+                value = None
+        fields[name] = value
     return fields
 
 
