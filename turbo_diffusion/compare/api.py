@@ -148,11 +148,10 @@ def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring 
         pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
     scheduler_name = type(pipe.scheduler).__name__
     try:
-        with state.split_between_processes(list(range(len(spec.prompts)))) as mine:
-            records = generate(pipe, spec, out, mine, force=force, progress=progress, position=state.process_index,
-                               random_note=random_note,
-                               on_first_image=(lambda: write_config(out, spec)) if state.is_main_process else None,
-                               log=say if state.is_main_process else None)
+        records = generate(pipe, spec, out, process_share(state, len(spec.prompts)), force=force,
+                           progress=progress, position=state.process_index, random_note=random_note,
+                           on_first_image=(lambda: write_config(out, spec)) if state.is_main_process else None,
+                           log=say if state.is_main_process else None)
     finally:
         pipe.scheduler = saved_scheduler
 
@@ -199,6 +198,13 @@ def process_state(device: torch.device | None) -> Any:
 
     cpu = device.type == "cpu" if device is not None else not torch.accelerator.is_available()
     return PartialState(cpu=cpu)
+
+
+def process_share(state: Any, count: int) -> list[int]:
+    """The prompt indices this process generates: every ``num_processes``-th from its own index, so the processes
+    advance through the prompts together and a stopped run has finished a prefix of them (read it with
+    ``max_prompts``), where contiguous halves would leave two half-done blocks."""
+    return list(range(state.process_index, count, state.num_processes))
 
 
 def _notes(spec: CompareSpec, records: list[Any]) -> list[str]:

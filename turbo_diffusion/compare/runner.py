@@ -13,8 +13,9 @@
   and the earlier ones it held (so PNGs from before per-image keys stay reusable). A folder with images made
   under other model, steps, guidance, size, dtype, device or scheduler is refused unless forced. A failed run that
   saved no image leaves no record, so its corrected rerun goes ahead.
-* Under ``accelerate launch`` prompts are split across processes (``PartialState.split_between_processes``); each
-  process has every method of its prompts, so pairwise metrics need no communication.
+* Under ``accelerate launch`` or ``torchrun`` prompts are dealt out to the processes in turn (`api.process_share`),
+  so they finish a prefix of the prompts together; each process has every method of its prompts, so pairwise
+  metrics need no communication.
 """
 
 from __future__ import annotations
