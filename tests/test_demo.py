@@ -227,16 +227,18 @@ def test_bad_input_becomes_a_readable_page_error_and_the_session_keeps_working(s
     handler = functools.partial(handler, progress=lambda fraction, desc: progress.append((fraction, desc)))
     with pytest.raises(gr.Error, match="Type a prompt first"):
         handler(*page_values(session.defaults.replace(prompt="")))
-    with pytest.raises(gr.Error, match="size must be a multiple of 8"):
+    with pytest.raises(gr.Error, match="size must be a multiple of 8") as bad:
         handler(*page_values(session.defaults.replace(size=68)))
+    assert bad.value.print_exception is False  # a user's bad setting prints no server traceback
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
     with monkeypatch.context() as patch:
         patch.setattr(session, "_generate", broken)
-        with pytest.raises(gr.Error, match="Generation failed: RuntimeError: out of memory"):
+        with pytest.raises(gr.Error, match="Generation failed: RuntimeError: out of memory") as failed:
             handler(*page_values(session.defaults.replace(**FAST)))
+    assert failed.value.print_exception is False  # printed once, by the handler, not again by Gradio
     assert "speed-up" in handler(*page_values(session.defaults.replace(**FAST)))[3]
     assert not session._lock.locked()
     assert progress[-1] == ((6, 6), "recording Turbo's merges: step 6 of 6")

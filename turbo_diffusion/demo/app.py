@@ -199,7 +199,8 @@ def _progress_of(progress: gr.Progress) -> Progress:
 
 def _safely(handler: Callable[..., Any]) -> Callable[..., Any]:
     """``handler`` with every failure shown on the page as a readable `gr.Error`, the server serving on: a bad
-    setting as its own sentence, anything else as what failed (and its traceback on the server's stderr)."""
+    setting as its own sentence (no traceback: nothing went wrong in the server), anything else as what failed,
+    with its traceback on the server's stderr once (Gradio's own copy is switched off)."""
 
     @functools.wraps(handler)  # Gradio reads the inputs and the progress parameter from the signature
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -208,10 +209,10 @@ def _safely(handler: Callable[..., Any]) -> Callable[..., Any]:
         except gr.Error:
             raise
         except (ValueError, TypeError) as err:
-            raise gr.Error(str(err)) from err
+            raise gr.Error(str(err), print_exception=False) from err
         except Exception as err:  # noqa: BLE001 (any failure must reach the page, not kill the request silently)
             traceback.print_exc(file=sys.stderr)
-            raise gr.Error(f"Generation failed: {type(err).__name__}: {err}") from err
+            raise gr.Error(f"Generation failed: {type(err).__name__}: {err}", print_exception=False) from err
 
     return run
 
