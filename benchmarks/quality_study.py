@@ -12,8 +12,9 @@ judge (`turbo_diffusion.shapes.scoring.judge_scores`) against the scene's ground
 * paired bootstrap 95% intervals over prompts (seeds averaged within a prompt first) of each method's accuracy
   minus the baseline's and minus ToMe's (Turbo with ``alpha=0``) at the same ratio;
 * a plot of accuracy and PSNR against ratio, one line per method;
-* where merged tokens fall: over a few scenes, the share of merged finest-level tokens that lie on an object,
-  against the share of all tokens that do (``inspect_plans`` and the scenes' object masks);
+* where merged tokens fall: on the renders of a few scenes (noised, so the ground truth is exact), the share of
+  merged finest-level tokens that lie on an object, against the share of all tokens that do (``inspect_plans``
+  and the scenes' object masks), and a picture of them (``OUT/merged_tokens.png``);
 * KID to the renders of the scenes, in the feature space of a scene classifier trained on renders
   (`turbo_diffusion.shapes.features`; train it with ``benchmarks/train_scene_features.py``).
 
@@ -79,7 +80,8 @@ def main() -> None:
         "configuration": result.configuration,
         "images": len(images),
         "table": table(images, labels, args.ratios, templates),
-        "location": merged_location(args.model, args.location_scenes, args.ratios[len(args.ratios) // 2]),
+        "location": merged_location(args.model, args.location_scenes, args.ratios[len(args.ratios) // 2],
+                                    picture=Path(args.out) / "merged_tokens.png"),
         "kid": kid_rows(images, ["baseline", *labels.values()], result.configuration["prompts"], Path(args.out)),
     }
     out = Path(args.out)
@@ -137,42 +139,97 @@ def _means(images: list[dict], method: str) -> dict[str, float]:
     return means
 
 
-def merged_location(model: str, scenes: int, ratio: float) -> list[dict]:
-    """Share of merged finest-level tokens on objects, per selection rule, against the share of all tokens there."""
+SELECTIONS = (("ToMe (alpha=0)", {"alpha": 0.0}), ("Turbo alpha=1, attention", {}),
+              ("Turbo alpha=1, text", {"semantic": "text"}), ("Turbo alpha=4, attention", {"alpha": 4.0}))
+LOCATION_TIMESTEPS = (700, 500, 300)  # one short denoising run per scene: steps after the first have text mass
+
+
+def merged_location(model: str, scenes: int, ratio: float, picture: Path | None = None) -> list[dict]:
+    """Share of merged finest-level tokens that lie on an object, per selection rule, against the share of all
+    tokens that do.
+
+    Measured on the scenes' own renders, noised at LOCATION_TIMESTEPS in turn (as one generation: the second and
+    third calls have the previous step's text mass for ``semantic="text"``), so the ground truth says exactly which
+    tokens are objects. (On generated images it would not: this model mostly draws objects in other cells than
+    asked.) Steps after the first count, the prompt-conditioned input only. ``picture``: the first scenes with
+    each selection's merged tokens at the last timestep shaded."""
     import torch
 
     from turbo_diffusion import apply_turbo, inspect_plans, remove_turbo
     from turbo_diffusion.models import load_pipeline
     from turbo_diffusion.shapes.evaluate import eval_scenes
-    from turbo_diffusion.shapes.scenes import object_masks
+    from turbo_diffusion.shapes.scenes import object_masks, render
+    from turbo_diffusion.shapes.train import _to_tensor
 
     pipe = load_pipeline(model)
-    pipe.set_progress_bar_config(disable=True)
     chosen = eval_scenes(scenes)
-    rows = []
-    for name, fields in (("ToMe (alpha=0)", {"alpha": 0.0}), ("Turbo alpha=1, attention", {}),
-                         ("Turbo alpha=1, text", {"semantic": "text"}), ("Turbo alpha=4, attention", {"alpha": 4.0})):
+    renders = [render(s) for s in chosen]
+    alphas = pipe.scheduler.alphas_cumprod
+    with torch.no_grad():
+        latents = pipe.vae.encode(torch.stack([_to_tensor(r) for r in renders])).latent_dist.mean
+        latents = latents * pipe.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    rows, shown = [], {}
+    for name, fields in SELECTIONS:
         apply_turbo(pipe, ratio=ratio, **fields)
         on_object = total = object_tokens = all_tokens = 0
         for i, scene in enumerate(chosen):
-            with inspect_plans(pipe) as records:
-                pipe(scene.prompt, num_inference_steps=20, guidance_scale=5.0, height=scene.size, width=scene.size,
-                     generator=torch.Generator().manual_seed(i))
+            with torch.no_grad():
+                text = pipe.encode_prompt(scene.prompt, "cpu", 1, False)[0]  # the text hook records it
+                with inspect_plans(pipe) as records:
+                    for t in LOCATION_TIMESTEPS:
+                        a = alphas[t]
+                        noisy = a.sqrt() * latents[i:i + 1] + (1 - a).sqrt() * noise[i:i + 1]
+                        pipe.unet(noisy, torch.tensor([t]), encoder_hidden_states=text)
             finest = max(r.grid[0] * r.grid[1] for r in records)
             for record in records:
-                if record.grid[0] * record.grid[1] != finest or record.reused:
+                if record.grid[0] * record.grid[1] != finest or record.reused or record.step == 0:
                     continue
                 h, w = record.grid
                 mask = object_masks(scene).any(0).reshape(h, scene.size // h, w, scene.size // w).any((1, 3))
-                merged = record.merged[-1].numpy()  # the prompt-conditioned half of the CFG batch
+                merged = record.merged[0].numpy()
                 on_object += int((merged & mask).sum())
                 total += int(merged.sum())
                 object_tokens += int(mask.sum())
                 all_tokens += mask.size
+                if i < 3 and record.step == len(LOCATION_TIMESTEPS) - 1:
+                    shown.setdefault((name, i), merged)  # the first block of the finest level
         remove_turbo(pipe)
         rows.append({"selection": name, "ratio": ratio, "merged_on_objects": on_object / max(total, 1),
-                     "tokens_on_objects": object_tokens / max(all_tokens, 1), "scenes": scenes})
+                     "tokens_on_objects": object_tokens / max(all_tokens, 1), "scenes": scenes,
+                     "timesteps": list(LOCATION_TIMESTEPS[1:])})
+    if picture is not None:
+        _location_picture(renders[:3], shown, ratio, picture)
     return rows
+
+
+def _location_picture(renders: list, shown: dict, ratio: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, _ in SELECTIONS]
+    fig, axes = plt.subplots(len(renders), len(names), figsize=(3 * len(names), 3 * len(renders)), squeeze=False)
+    for i, image in enumerate(renders):
+        for j, name in enumerate(names):
+            ax = axes[i][j]
+            ax.imshow(image, extent=(0, image.width, image.height, 0))
+            merged = shown.get((name, i))
+            if merged is not None:  # a dot on each merged token: visible on any background and object colour
+                rows_, cols = merged.nonzero()
+                cell_h, cell_w = image.height / merged.shape[0], image.width / merged.shape[1]
+                ax.scatter((cols + 0.5) * cell_w, (rows_ + 0.5) * cell_h, s=7, c="white", edgecolors="black",
+                           linewidths=0.4)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(f"merged tokens (dots) at ratio {ratio}, finest level, t = {LOCATION_TIMESTEPS[-1]}, on the scenes' "
+                 "renders (shapes model, not SD)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def kid_rows(images: list[dict], methods: list[str], prompts: list[dict], out: Path,
