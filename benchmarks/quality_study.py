@@ -273,16 +273,18 @@ def plot(rows: list[dict], templates: tuple[str, ...], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     base = next(r for r in rows if r["method"] == "baseline")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for template in templates:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5))
+    colours = plt.cm.tab20.colors  # 20 distinct colours, and a line style per group of them: no two lines alike
+    for k, template in enumerate(templates):
         mine = sorted((r for r in rows if r["template"] == template), key=lambda r: r["ratio"])
         name = template.replace("@{r}", "")
-        left.plot([r["ratio"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=name)
-        right.plot([r["ratio"] for r in mine], [r["psnr"] for r in mine], marker="o", label=name)
+        style = {"marker": "osD^v"[k % 5], "color": colours[k % 20], "linestyle": ("-", "--", ":")[k // 20 % 3]}
+        left.plot([r["ratio"] for r in mine], [r["accuracy"] for r in mine], label=name, **style)
+        right.plot([r["ratio"] for r in mine], [r["psnr"] for r in mine], label=name, **style)
     left.axhline(base["accuracy"], color="black", linestyle="--", label="baseline")
     left.set(xlabel="ratio", ylabel="attribute accuracy (colour, shape, position)", title="judge vs ground truth")
     right.set(xlabel="ratio", ylabel="PSNR to baseline (dB)", title="fidelity to the baseline image")
-    left.legend(fontsize=7)
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("shapes model (a toy trained here, not SD)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -292,7 +294,10 @@ def markdown(study: dict, templates: tuple[str, ...]) -> str:
     def ci(value: tuple[float, float, float] | None) -> str:
         return "" if value is None else f"{value[0]:+.3f} [{value[1]:+.3f}, {value[2]:+.3f}]"
 
-    lines = [f"{study['images']} images; configuration: `{json.dumps(study['configuration'])}`", "",
+    c = study["configuration"]
+    lines = [f"{study['images']} images: {len(c['prompts'])} prompts of `{c['preset']}` x seeds {c['seeds']} x "
+             f"{len(c['methods'])} methods, {c['steps']} steps of {c['scheduler']}, guidance {c['guidance']}, "
+             f"{c['size'][0]}x{c['size'][1]} px, {c['dtype']} on {c['device_type']} (all settings: study.json)", "",
              "| method | colour | shape | position | accuracy | prompt | PSNR | SSIM | vs baseline [95% CI] | "
              "vs ToMe [95% CI] | s/img |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in study["table"]:
