@@ -18,16 +18,17 @@ def window_copies(side=16, channels=32, batch=2):
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.75])
-def test_kv_mode_with_duplicate_tokens_equals_full_attention(ratio):
-    # Merged keys/values are exact copies, and proportional attention (+log size) counts each as often as the
-    # tokens it replaced: the result must be the unmerged attention.
+@pytest.mark.parametrize("fields", [{"mode": "kv"}, {"proportional_attn": True}], ids=["kv", "tokens"])
+def test_proportional_attention_with_duplicate_tokens_equals_full_attention(ratio, fields):
+    # Merged tokens are exact copies of those they replaced, and proportional attention (+log size) counts each
+    # as often as they were: the result (kv: every query kept; tokens: restored rows) must be the unmerged one.
     torch.manual_seed(0)
     attn = Attention(query_dim=32, heads=2, dim_head=16).eval()
     x = window_copies()
     with torch.no_grad():
         expected = AttnProcessor2_0()(attn, x)
-        kv = TurboProcessor(ratio=ratio, mode="kv", alpha=0.0)(attn, x)
-    torch.testing.assert_close(kv, expected, atol=1e-5, rtol=1e-5)
+        merged = TurboProcessor(ratio=ratio, alpha=0.0, **fields)(attn, x)
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_without_proportional_attention_unequal_sizes_change_the_result():
@@ -39,19 +40,6 @@ def test_without_proportional_attention_unequal_sizes_change_the_result():
         expected = AttnProcessor2_0()(attn, x)
         tokens = TurboProcessor(ratio=0.5, alpha=0.0)(attn, x)
     assert (tokens - expected).abs().max() > 1e-3
-
-
-@pytest.mark.parametrize("ratio", [0.5, 0.75])
-def test_proportional_attention_makes_tokens_mode_exact_on_duplicate_tokens(ratio):
-    # Queries, keys and values all merge; every merged token is a copy of those it replaced, and + log(size)
-    # weighs it as often as they were: each restored row must be the unmerged attention's.
-    torch.manual_seed(0)
-    attn = Attention(query_dim=32, heads=2, dim_head=16).eval()
-    x = window_copies()
-    with torch.no_grad():
-        expected = AttnProcessor2_0()(attn, x)
-        tokens = TurboProcessor(ratio=ratio, alpha=0.0, proportional_attn=True)(attn, x)
-    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_proportional_attention_is_a_checked_switch_that_changes_the_unet_output():

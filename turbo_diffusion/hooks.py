@@ -427,11 +427,10 @@ def _adopt_copy(unet: torch.nn.Module, config: TurboConfig) -> _Installation | N
     the original does and `remove_turbo` undoes it. A ``semantic="text"`` copy of a bare UNet has no pipeline to
     read the prompt from (see `apply_turbo`).
     """
-    _strip_copied_hooks(unet)
     if not any(isinstance(p, TurboProcessor) for p in unet.attn_processors.values()):
+        _strip_copied_hooks(unet)
         return None  # someone replaced the copy's processors before its first call: leave theirs
-    _set_processors(unet, lambda name, processor: _original(processor))
-    apply_turbo(unet, config)
+    apply_turbo(unet, config)  # takes the processors Turbo's copies wrap, and strips the copied hooks
     return _INSTALLATIONS.get(unet)
 
 

@@ -131,8 +131,9 @@ def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring 
     from accelerate.utils import gather_object
 
     say = log or (lambda _: None)
-    state = process_state(device or (pipeline.device if pipeline is not None else None))
-    device = device or (pipeline.device if pipeline is not None else state.device)
+    device = device or (pipeline.device if pipeline is not None else None)
+    state = process_state(device)
+    device = device or state.device
     scoring.check()
     out = Path(out_dir)
     check_writable(out, "output folder", folder=True)

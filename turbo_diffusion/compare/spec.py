@@ -95,10 +95,6 @@ class CompareSpec:
         """A short hash of `configuration`."""
         return _short_hash(self.configuration())
 
-    def image_key(self, prompt_index: int, seed: int, method: Method) -> str:
-        """A short hash of what decides one image: the folder's settings, its prompt record, seed and method."""
-        return image_key(self.configuration(), prompt_index, seed, method.label)
-
 
 GROWABLE = ("preset", "prompts", "seeds", "methods")
 """The settings a comparison folder may change from run to run: each image is kept under its own `image_key`, so a
@@ -112,8 +108,9 @@ of `image_key`, so images made before the setting existed keep their keys."""
 
 
 def image_key(configuration: Mapping[str, Any], prompt_index: int, seed: int, method_label: str) -> str:
-    """The `CompareSpec.image_key` of an image, from a `CompareSpec.configuration` (this run's or one recorded in
-    a folder); raises `KeyError` when the configuration has no such method."""
+    """A short hash of what decides one image: the shared settings of a `CompareSpec.configuration` (this run's
+    or one recorded in a folder), the image's prompt record, seed and method; raises `KeyError` when the
+    configuration has no such method."""
     method = next((m for m in configuration["methods"] if m["label"] == method_label), None)
     if method is None:
         raise KeyError(method_label)
