@@ -332,6 +332,7 @@ BAD_ARGUMENTS = [
     (["--repeats", "0"], "repeats must be"),
     (["--model", "nope"], "unknown model"),
     (["--json", "/proc/nonexistent-folder/run.json"], "cannot write in /proc/nonexistent-folder"),
+    (["--attention", "xformers"], "attention='xformers' runs on CUDA only"),
 ]
 
 
@@ -392,6 +393,45 @@ def test_compile_times_compilation_apart_from_the_steps_on_the_tiny_model():
         assert row["step"]["compile_s"] > 0 and row["step"]["recompiles"] == 0, row["variant"]
         assert row["step"]["min"] < row["step"]["compile_s"]
     assert "| compile s |" in format_report(result) and "--compile eager" in result.meta["command"]
+
+
+def test_regional_compile_compiles_the_transformer_blocks_only(monkeypatch):
+    """``compile_scope="blocks"``: diffusers' compile_repeated_blocks, not the whole UNet; the command says so."""
+    from diffusers import UNet2DConditionModel
+
+    scopes = []
+    original = UNet2DConditionModel.compile_repeated_blocks
+    monkeypatch.setattr(UNet2DConditionModel, "compile_repeated_blocks",
+                        lambda self, **kw: scopes.append("blocks") or original(self, **kw))
+    monkeypatch.setattr(UNet2DConditionModel, "compile", lambda self, **kw: scopes.append("unet"))
+    spec = BenchSpec(model="tiny", sizes=((32, 32),), methods=("turbo@0.5",), repeats=1, profile=False,
+                     compile="eager", compile_scope="blocks")
+    result = run_bench(spec)
+    assert scopes == ["blocks"]
+    assert all(row["step"]["compile_s"] > 0 for row in result.rows)
+    assert "--compile eager --compile-scope blocks" in result.meta["command"]
+    assert any("compile_repeated_blocks" in note for note in result.notes)
+
+
+def test_todo_and_the_bound_run_the_kernel_of_the_processors_they_replace():
+    from diffusers.models.attention_processor import XFormersAttnProcessor
+
+    from turbo_diffusion.harness.methods import parse_method
+
+    from .conftest import tiny_sd15_unet
+
+    unet = tiny_sd15_unet()
+    for label in ("todo@0.5", "bound@0.5"):
+        method = parse_method(label).at_grid((4, 4))
+        method.install(unet)
+        assert not isinstance(next(iter(unet.attn_processors.values()))._inner, XFormersAttnProcessor)
+        method.uninstall(unet)
+        unet.set_attn_processor(XFormersAttnProcessor())  # as diffusers' xformers switch leaves it
+        method.install(unet)
+        assert isinstance(next(iter(unet.attn_processors.values()))._inner, XFormersAttnProcessor)
+        method.uninstall(unet)
+        assert all(isinstance(p, XFormersAttnProcessor) for p in unet.attn_processors.values())
+        unet.set_default_attn_processor()
 
 
 def test_noisy_rows_are_flagged_with_how_to_get_a_clean_number(bench_run):

@@ -28,11 +28,13 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 from ..archs import ARCHITECTURES, build_unet, unet_inputs
 from ..harness import environment as env
+from ..harness.errors import HarnessError
 from ..harness.loading import load_model as load_pipeline_model
 from ..harness.loading import resolve_device, resolve_dtype
 from ..harness.measure import NOISY_SPREAD, Progress, Timing, compile_module
 from ..harness.memory import CPU_METHOD, CUDA_METHOD
 from ..harness.methods import BASELINE, Method, make_method, parse_method, parse_methods
+from ..kernels import xformers_available
 from ..models import uses_random_weights
 from .profile import variant_breakdown
 from .spec import BenchSpec, command_for, turbo_series
@@ -96,9 +98,9 @@ def plan_variants(spec: BenchSpec) -> tuple[list[PlannedVariant], list[str]]:
         if tomesd_missing:
             notes.append("tomesd is not installed (pip install tomesd): its variant was skipped")
         methods = [BASELINE] + [m for ratio in spec.ratios for m in _family_methods(spec, ratio, tomesd_missing)]
-    # Turbo's attention kernel is pinned to torch SDPA, the default processor's, so that on CUDA with xformers
-    # installed a speed-up is not a kernel comparison; a setting may still ask for backend=xformers.
-    planned = [PlannedVariant(m.with_defaults(backend="sdpa") if m.kind == "turbo" else m, bench_series(m))
+    # Turbo's attention kernel is pinned to the baseline's (torch SDPA unless spec.attention says xformers), so
+    # that a speed-up is not a kernel comparison; a setting may still ask for another backend.
+    planned = [PlannedVariant(m.with_defaults(backend=spec.attention) if m.kind == "turbo" else m, bench_series(m))
                for m in methods]
     return planned, notes
 
@@ -147,10 +149,26 @@ def load_model(spec: BenchSpec) -> tuple[DiffusionPipeline | None, UNet2DConditi
     return pipe, pipe.unet, uses_random_weights(pipe)
 
 
+def set_attention_kernel(unet: UNet2DConditionModel, kernel: str) -> None:
+    """Give every attention layer diffusers' default processor of ``kernel`` (``"sdpa"``: ``AttnProcessor2_0``,
+    ``"xformers"``: ``XFormersAttnProcessor``), the baseline every variant is timed against."""
+    from diffusers.models.attention_processor import AttnProcessor2_0, XFormersAttnProcessor
+
+    if kernel == "xformers":
+        if unet.device.type != "cuda":
+            raise HarnessError(f"attention='xformers' runs on CUDA only, but the model is on {unet.device}")
+        if not xformers_available():
+            raise HarnessError("attention='xformers' needs xformers: pip install 'turbo-diffusion[xformers]'")
+        unet.set_attn_processor(XFormersAttnProcessor())
+    else:
+        unet.set_attn_processor(AttnProcessor2_0())
+
+
 def run_bench(
     spec: BenchSpec,
     progress: Progress | None = None,
     environment: Callable[[BenchSpec, bool], dict[str, Any]] = environment,
+    loaded: tuple[DiffusionPipeline | None, UNet2DConditionModel, bool] | None = None,
 ) -> BenchResult:
     """Measure everything ``spec`` asks for (see the module docstring).
 
@@ -158,18 +176,24 @@ def run_bench(
         spec: the run; validated here.
         progress: called with a short description after every model call (`planned_calls` of them).
         environment: builds the result's ``meta`` from the spec and whether the weights are random.
+        loaded: `load_model`'s result for ``spec``, to time several specs on one model without loading it again
+            (its attention processors are replaced by ``spec.attention``'s; a compiled UNet stays compiled).
     """
     spec.validate()
     planned, notes = plan_variants(spec)
-    pipe, unet, random_weights = load_model(spec)
+    pipe, unet, random_weights = loaded if loaded is not None else load_model(spec)
     device = unet.device
+    set_attention_kernel(unet, spec.attention)
     level = attention_level(unet)
     if level > 1 and any(p.family == "tomesd" for p in planned):
         notes.append(f"tomesd runs at its defaults (max_downsample=1); this UNet's finest attention is at "
                      f"{level}x downsampling, so tomesd merges nothing here")
+    if spec.attention != "sdpa":
+        notes.append(f"every variant runs {spec.attention} attention (the baseline diffusers' processor for it)")
     if spec.compile:
-        compile_module(unet, spec.compile)
-        notes.append(f"UNet compiled with torch.compile(backend={spec.compile!r}) after installing each variant; "
+        compile_module(unet, spec.compile, spec.compile_scope)
+        what = "UNet" if spec.compile_scope == "unet" else "UNet's transformer blocks (compile_repeated_blocks)"
+        notes.append(f"{what} compiled with torch.compile(backend={spec.compile!r}) after installing each variant; "
                      "the profiled steps run eagerly")
     rows: list[dict[str, Any]] = []
     for height, width in spec.sizes:

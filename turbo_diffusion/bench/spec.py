@@ -16,6 +16,8 @@ from ..harness.methods import TODO_MODES, parse_methods
 from ..model_names import check_model_name
 
 FAMILIES = ("turbo", "tomesd", "todo", "bound")
+ATTENTION_KERNELS = ("sdpa", "xformers")
+COMPILE_SCOPES = ("unet", "blocks")
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon"
 
 
@@ -46,6 +48,12 @@ class BenchSpec:
         profile: profile one extra step per Turbo variant for the phase breakdown.
         compile: a ``torch.compile`` backend (``"inductor"``, ``"eager"``...) to compile the UNet with, after
             installing each variant; ``None`` runs eagerly. Compilation is timed on its own, before the warm-up.
+        compile_scope: ``"unet"`` compiles the whole UNet (`nn.Module.compile`); ``"blocks"`` only its transformer
+            blocks (diffusers' ``compile_repeated_blocks``, regional compilation): much shorter compiles, the
+            ResNets stay eager.
+        attention: the attention kernel of every variant: ``"sdpa"`` (torch; diffusers' default processor) or
+            ``"xformers"`` (CUDA with xformers installed: the baseline gets diffusers' xformers processor, Turbo
+            ``backend="xformers"``, tomesd the blocks' processor, ToDo and the bound run xformers inside).
     """
 
     model: str = "sd15-arch"
@@ -66,6 +74,8 @@ class BenchSpec:
     profile: bool = True
     methods: tuple[str, ...] = ()
     compile: str | None = None
+    compile_scope: str = "unet"
+    attention: str = "sdpa"
 
     def validate(self) -> BenchSpec:
         """Raise ``ValueError`` (one line) for the first bad value; return ``self``. The device is checked when
@@ -98,6 +108,12 @@ class BenchSpec:
         _check_all("guidance scale", [self.guidance_scale], lambda g: math.isfinite(g) and g >= 0, "a number >= 0")
         if self.compile is not None and not re.fullmatch(r"[\w.-]+", self.compile):
             raise ValueError(f"compile backend must be a torch.compile backend name, got {self.compile!r}")
+        if self.compile_scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile scope must be one of {', '.join(COMPILE_SCOPES)}, got {self.compile_scope!r}")
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {self.attention!r}")
+        if self.attention == "xformers" and self.device == "cpu":
+            raise ValueError("attention='xformers' runs on CUDA only; use --device cuda (or auto on a GPU machine)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +175,10 @@ def command_for(spec: BenchSpec, outputs: Sequence[str] = ()) -> str:
         args.append("--no-profile")
     if spec.compile:
         args += ["--compile", spec.compile]
+        if spec.compile_scope != "unet":
+            args += ["--compile-scope", spec.compile_scope]
+    if spec.attention != "sdpa":
+        args += ["--attention", spec.attention]
     return shlex.join([*args, *outputs])
 
 

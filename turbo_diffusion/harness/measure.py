@@ -102,10 +102,17 @@ def rotated(items: Sequence[Any], shift: int) -> list[Any]:
     return [*items[shift:], *items[:shift]]
 
 
-def compile_module(module: torch.nn.Module, backend: str) -> None:
-    """``torch.compile`` ``module`` in place (`nn.Module.compile`), so pipelines and methods still see the same
-    module class. Compilation happens at the first call after each method is installed, once per method."""
-    module.compile(backend=backend)
+def compile_module(module: torch.nn.Module, backend: str, scope: str = "unet") -> None:
+    """``torch.compile`` ``module`` in place, so pipelines and methods still see the same module class:
+    ``scope="unet"`` the whole module (`nn.Module.compile`), ``"blocks"`` its repeated blocks only (diffusers'
+    ``compile_repeated_blocks``, regional compilation). Compilation happens at the first call after each method
+    is installed, once per method."""
+    if scope == "blocks":
+        module.compile_repeated_blocks(backend=backend)
+    elif scope == "unet":
+        module.compile(backend=backend)
+    else:
+        raise ValueError(f"compile scope must be 'unet' or 'blocks', got {scope!r}")
 
 
 def eager() -> Any:

@@ -122,11 +122,12 @@ class Method:
 
             tomesd.apply_patch(model, ratio=self.ratio, **self.options)
         elif self.kind in ("todo", "bound"):
-            from .processors import find_unet
+            from .processors import find_unet, kernel_of
 
             unet = find_unet(model)
-            processor = self._processor()
-            _SAVED.setdefault(unet, []).append(unet.attn_processors)
+            saved = unet.attn_processors
+            processor = self._processor(kernel_of(saved))  # attention on the kernel of what it replaces
+            _SAVED.setdefault(unet, []).append(saved)
             unet.set_attn_processor(processor)
 
     def uninstall(self, model: Any) -> None:
@@ -172,14 +173,14 @@ class Method:
         """The method as parsed, JSON-ready: label, kind, ratio and the settings given."""
         return {"label": self.label, "kind": self.kind, "ratio": self.ratio, "fields": self.options}
 
-    def _processor(self) -> Any:
+    def _processor(self, kernel: str = "sdpa") -> Any:
         from .processors import TokenDownsamplingProcessor, ZeroOverheadBoundProcessor
 
         if self.grid is None:
             raise ValueError(f"{self.label} acts on one attention level: bind its token grid with at_grid first")
         if self.kind == "todo":
-            return TokenDownsamplingProcessor(self.ratio, self.grid, self.options.get("mode", "nearest"))
-        return ZeroOverheadBoundProcessor(self.ratio, self.grid[0] * self.grid[1])
+            return TokenDownsamplingProcessor(self.ratio, self.grid, self.options.get("mode", "nearest"), kernel)
+        return ZeroOverheadBoundProcessor(self.ratio, self.grid[0] * self.grid[1], kernel)
 
 
 BASELINE = Method("baseline", "baseline")

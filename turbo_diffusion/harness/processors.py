@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0, XFormersAttnProcessor
 
 from .methods import TODO_MODES
 
@@ -44,24 +44,38 @@ def level_grid(height: int, width: int, level: int) -> tuple[int, int]:
     return -(-rows // level), -(-cols // level)
 
 
+def default_processor(kernel: str = "sdpa") -> AttnProcessor2_0 | XFormersAttnProcessor:
+    """diffusers' processor of ``kernel`` (``"sdpa"`` or ``"xformers"``): what the baseline runs, and what ToDo and
+    the bound run inside so that they are timed on the baseline's kernel."""
+    if kernel not in ("sdpa", "xformers"):
+        raise ValueError(f"kernel must be 'sdpa' or 'xformers', got {kernel!r}")
+    return XFormersAttnProcessor() if kernel == "xformers" else AttnProcessor2_0()
+
+
+def kernel_of(processors: dict[str, Any]) -> str:
+    """``"xformers"`` when any of ``processors`` (a UNet's ``attn_processors``) is diffusers' xformers one, else
+    ``"sdpa"``."""
+    return "xformers" if any(isinstance(p, XFormersAttnProcessor) for p in processors.values()) else "sdpa"
+
+
 class ZeroOverheadBoundProcessor:
     """The zero-overhead bound: full-resolution self-attention run on the first ``N - floor(ratio * N)`` tokens
     (a free slice), its output padded back to ``N`` tokens by one copy. No plan, no real gather/scatter: no merge
     can be faster at the same ratio. Its output is meaningless; it exists to be timed."""
 
-    def __init__(self, ratio: float, num_tokens: int) -> None:
+    def __init__(self, ratio: float, num_tokens: int, kernel: str = "sdpa") -> None:
         self.ratio, self.num_tokens = ratio, num_tokens
-        self._sdpa = AttnProcessor2_0()
+        self._inner = default_processor(kernel)
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None, *args, **kwargs):
         n = hidden_states.shape[1] if hidden_states.dim() == 3 else -1
         if encoder_hidden_states is None and n == self.num_tokens:
             removed = int(self.ratio * n)
-            out = self._sdpa(attn, hidden_states[:, : n - removed], None, *args, **kwargs)
+            out = self._inner(attn, hidden_states[:, : n - removed], None, *args, **kwargs)
             # Pad with a broadcast view of one token: one copy whatever the ratio (above 0.5 fewer tokens are kept
             # than removed, so the kept ones cannot fill the gap).
             return torch.cat([out, out[:, :1].expand(-1, removed, -1)], dim=1)
-        return self._sdpa(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        return self._inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
 
 class TokenDownsamplingProcessor:
@@ -82,9 +96,10 @@ class TokenDownsamplingProcessor:
         ratio: share of key/value tokens removed, in ``(0, 1)``. Higher is faster and coarser.
         grid: ``(rows, cols)`` of the level it acts at; other layers and cross-attention run unchanged.
         mode: ``"nearest"`` or ``"avg"``.
+        kernel: the attention kernel inside, ``"sdpa"`` or ``"xformers"`` (see `default_processor`).
     """
 
-    def __init__(self, ratio: float, grid: tuple[int, int], mode: str = "nearest") -> None:
+    def __init__(self, ratio: float, grid: tuple[int, int], mode: str = "nearest", kernel: str = "sdpa") -> None:
         if mode not in TODO_MODES:
             raise ValueError(f"mode must be one of {', '.join(TODO_MODES)}, got {mode!r}")
         if not 0 < ratio < 1:
@@ -92,7 +107,7 @@ class TokenDownsamplingProcessor:
         self.ratio, self.grid, self.mode = ratio, grid, mode
         keep = math.sqrt(1 - ratio)
         self.kv_grid = (max(1, round(grid[0] * keep)), max(1, round(grid[1] * keep)))
-        self._sdpa = AttnProcessor2_0()
+        self._inner = default_processor(kernel)
 
     def downsample(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``(B, rows*cols, C)`` tokens -> ``(B, kv_rows*kv_cols, C)`` tokens of the downsampled grid."""
@@ -127,4 +142,4 @@ class TokenDownsamplingProcessor:
             # diffusers' processor computes keys and values from `encoder_hidden_states` and queries (and the
             # residual) from `hidden_states`: handing it the downsampled tokens there is all ToDo needs.
             encoder_hidden_states = self.downsample(hidden_states)
-        return self._sdpa(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        return self._inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
