@@ -279,6 +279,29 @@ def test_training_checkpoints_resumes_and_exports_a_loadable_pipeline(tmp_path):
     assert image.size == (128, 128)
 
 
+def test_training_can_start_from_trained_weights(tmp_path):
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from turbo_diffusion.model_names import SHAPES_FOLDER
+    from turbo_diffusion.shapes.train import TrainSpec, train_shapes
+
+    spec = TrainSpec(out=str(tmp_path), unet_steps=1, batch=2, pool_size=4, lr=1e-12, init=SHAPES_FOLDER,
+                     checkpoint_minutes=60)
+    folder = train_shapes(spec)
+    log = (tmp_path / "loss.jsonl").read_text()
+    assert '"stage": "vae"' not in log and '"stage": "unet"' in log  # the VAE stage was skipped
+    trained, start = (AutoencoderKL.from_pretrained(f, subfolder="vae") for f in (folder, SHAPES_FOLDER))
+    assert trained.config.scaling_factor == start.config.scaling_factor
+    for a, b in zip(trained.parameters(), start.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    trained, start = (UNet2DConditionModel.from_pretrained(f, subfolder="unet") for f in (folder, SHAPES_FOLDER))
+    for a, b in zip(trained.parameters(), start.parameters(), strict=True):  # one step at lr 1e-12: no change
+        torch.testing.assert_close(a, b)
+    with pytest.raises(FileNotFoundError, match="not a pipeline folder"):
+        train_shapes(dataclasses.replace(spec, out=str(tmp_path / "other"), init=str(tmp_path)))
+
+
 def test_resume_refuses_a_changed_data_order(tmp_path):
     from turbo_diffusion.shapes.train import TrainSpec, train_shapes
 

@@ -28,6 +28,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--pool-size", type=int, default=48_000, help="training scenes encoded once (default: 48000)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data (default: 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--init", metavar="FOLDER",
+                   help="start from a trained pipeline folder (e.g. turbo_diffusion/shapes/weights): keep its VAE, "
+                        "train its text encoder and UNet further")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0,
                    help="minutes between checkpoints and sample grids (default: 10)")
     p.set_defaults(func=run)
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = TrainSpec(out=args.out, minutes=args.minutes, vae_steps=args.vae_steps, unet_steps=args.steps,
                      batch=args.batch, lr=args.lr, pool_size=args.pool_size, seed=args.seed, device=args.device,
-                     checkpoint_minutes=args.checkpoint_minutes, resume=args.resume)
+                     checkpoint_minutes=args.checkpoint_minutes, resume=args.resume, init=args.init)
     try:
         folder = train_shapes(spec)
     except (FileExistsError, FileNotFoundError, ValueError) as err:

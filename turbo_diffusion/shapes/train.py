@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import os
 import random
 import time
@@ -63,6 +64,9 @@ class TrainSpec:
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         checkpoint_minutes: how often to checkpoint (and draw samples).
         resume: continue ``out``'s checkpoint; without it an existing checkpoint is an error.
+        init: a trained pipeline folder (the committed ``shapes`` weights, say) to start from: its VAE is kept
+            (the VAE stage is skipped) and its text encoder and UNet are trained further, e.g. on a GPU at a
+            larger batch. ``None`` starts from scratch.
     """
 
     out: str
@@ -77,6 +81,7 @@ class TrainSpec:
     device: str = "auto"
     checkpoint_minutes: float = 5.0
     resume: bool = False
+    init: str | None = None
 
 
 def train_scene_seed(seed: int, index: int) -> int:
@@ -113,6 +118,8 @@ class _Trainer:
         self.ema_unet = self.ema_text = None
         if state is not None:
             self._restore(state)
+        elif spec.init is not None:
+            self._start_from(Path(spec.init))
 
     # -- driver ----------------------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -208,14 +215,24 @@ class _Trainer:
         self.vae.eval()
         latents = torch.empty(spec.pool_size, 4, LATENT_SIZE, LATENT_SIZE, dtype=torch.float16)
         prompts = []
-        for start in tqdm(range(0, spec.pool_size, chunk), desc="encoding scenes", unit="batch", dynamic_ncols=True):
-            n = min(chunk, spec.pool_size - start)
-            scenes = [sample_scene(random.Random(train_scene_seed(spec.seed, start + i))) for i in range(n)]
-            images = torch.stack([_to_tensor(render(s)) for s in scenes]).to(self.device)
-            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                mean = self.vae.encode(images).latent_dist.mean
-            latents[start:start + n] = (mean.float() * self.vae.config.scaling_factor).half().cpu()
-            prompts.extend(s.prompt for s in scenes)
+        # Rendering is the slow part where a GPU encodes: spread it over the cores there are (none on 2 cores,
+        # where the one spare core is better left to torch).
+        workers = min(8, (os.cpu_count() or 1) - 2)
+        renderer = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+        try:
+            for start in tqdm(range(0, spec.pool_size, chunk), desc="encoding scenes", unit="batch",
+                              dynamic_ncols=True):
+                n = min(chunk, spec.pool_size - start)
+                scenes = [sample_scene(random.Random(train_scene_seed(spec.seed, start + i))) for i in range(n)]
+                drawn = renderer.map(render, scenes) if renderer else [render(s) for s in scenes]
+                images = torch.stack([_to_tensor(im) for im in drawn]).to(self.device)
+                with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                    mean = self.vae.encode(images).latent_dist.mean
+                latents[start:start + n] = (mean.float() * self.vae.config.scaling_factor).half().cpu()
+                prompts.extend(s.prompt for s in scenes)
+        finally:
+            if renderer:
+                renderer.close()
         tmp = path.with_suffix(".tmp")
         torch.save({"latents": latents, "prompts": prompts}, tmp)
         os.replace(tmp, path)
@@ -341,6 +358,22 @@ class _Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.out / CHECKPOINT)
         self.last_checkpoint = time.monotonic()
+
+    def _start_from(self, folder: Path) -> None:
+        """Load a trained pipeline's VAE (scale included), text encoder and UNet; training goes on at the pool."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(f"init: {folder} is not a pipeline folder (no model_index.json)")
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+        self.vae.load_state_dict(vae.state_dict())
+        self.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
+        text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+        self.text_encoder.load_state_dict(text.state_dict())
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+        self.unet.load_state_dict(unet.state_dict())
+        self.stage, self.step = "pool", 0
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.stage, self.step, self.elapsed_before = state["stage"], state["step"], state["elapsed"]
