@@ -13,7 +13,7 @@ import collections
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from turbo_diffusion import apply_turbo, remove_turbo
+from turbo_diffusion import apply_turbo, processor, remove_turbo
 from turbo_diffusion.archs import build_unet, unet_inputs
 
 
@@ -35,6 +35,25 @@ def step_ops(unet, inputs) -> collections.Counter[str]:
     return mode.counts
 
 
+def seeding_ops(unet, inputs) -> tuple[int, int]:
+    """(calls, aten ops) of the partition's seeding hash (`seeded_offsets`) in one step of a Turbo UNet."""
+    original, counts = processor.seeded_offsets, []
+
+    def counted(*args, **kwargs):
+        with CountOps() as mode:
+            out = original(*args, **kwargs)
+        counts.append(sum(mode.counts.values()))
+        return out
+
+    processor.seeded_offsets = counted
+    try:
+        with torch.no_grad():
+            unet(**inputs)
+    finally:
+        processor.seeded_offsets = original
+    return len(counts), sum(counts)
+
+
 def main() -> int:
     for arch, pixels in (("sd15-arch", 512), ("sdxl-arch", 1024)):
         unet = build_unet(arch)
@@ -42,10 +61,12 @@ def main() -> int:
         baseline = step_ops(unet, inputs)
         apply_turbo(unet, ratio=0.5)
         turbo = step_ops(unet, inputs)
+        calls, seeding = seeding_ops(unet, inputs)
         remove_turbo(unet)
         added = turbo - baseline
         print(f"{arch}: aten ops per UNet step: baseline {sum(baseline.values())}, Turbo {sum(turbo.values())} "
               f"(+{sum(turbo.values()) - sum(baseline.values())})")
+        print(f"  of which the partition's seeding hash: {seeding} in {calls} calls (one per merging block)")
         print("  most added: " + ", ".join(f"{name} {n}" for name, n in added.most_common(10)))
     return 0
 
