@@ -27,6 +27,15 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+def _to_cuda(value):
+    """A tensor, or a (nested) tuple/dict of them, moved to the GPU."""
+    if torch.is_tensor(value):
+        return value.cuda()
+    if isinstance(value, dict):
+        return {k: _to_cuda(v) for k, v in value.items()}
+    return tuple(_to_cuda(v) for v in value)
+
+
 @pytest.mark.parametrize("build", [tiny_sd15_unet, tiny_sdxl_unet], ids=["sd15", "sdxl"])
 def test_turbo_on_cuda_gives_the_cpu_result(build):
     """Same weights and inputs: Turbo's fp32 output on the GPU is the CPU's, far closer to it than merging moves
@@ -36,9 +45,7 @@ def test_turbo_on_cuda_gives_the_cpu_result(build):
     baseline = run(unet, args, kwargs)
     apply_turbo(unet, ratio=0.5)
     cpu = run(unet, args, kwargs)
-    unet.cuda()
-    to_cuda = lambda x: x.cuda() if torch.is_tensor(x) else {k: to_cuda(v) for k, v in x.items()}  # noqa: E731
-    gpu = run(unet, tuple(a.cuda() for a in args), {k: to_cuda(v) for k, v in kwargs.items()}).cpu()
+    gpu = run(unet.cuda(), _to_cuda(args), _to_cuda(kwargs)).cpu()
     merge_effect = _relative(cpu, baseline)
     assert merge_effect > 1e-3, "Turbo changed nothing: the test would not see a wrong plan"
     assert _relative(gpu, cpu) < 0.05 * merge_effect
@@ -47,9 +54,7 @@ def test_turbo_on_cuda_gives_the_cpu_result(build):
 def test_fp16_on_cuda_stays_close_to_fp32():
     unet = tiny_sd15_unet().cuda()
     apply_turbo(unet, ratio=0.5)
-    args, kwargs = unet_args(unet, 32, 32, 2)
-    args = tuple(a.cuda() for a in args)
-    kwargs = {k: v.cuda() for k, v in kwargs.items()}
+    args, kwargs = _to_cuda(unet_args(unet, 32, 32, 2))
     full = run(unet, args, kwargs)
     half = run(unet.half(), tuple(a.half() if a.is_floating_point() else a for a in args),
                {k: v.half() for k, v in kwargs.items()})
@@ -61,9 +66,7 @@ def test_fp16_on_cuda_stays_close_to_fp32():
 @pytest.mark.parametrize("fields", [{}, {"merge_crossattn": True, "merge_mlp": True}], ids=["default", "wider"])
 def test_xformers_backend_matches_sdpa(fields):
     unet = tiny_sd15_unet().cuda().half()
-    args, kwargs = unet_args(unet, 32, 32, 2, dtype=torch.float16)
-    args = tuple(a.cuda() for a in args)
-    kwargs = {k: v.cuda() for k, v in kwargs.items()}
+    args, kwargs = _to_cuda(unet_args(unet, 32, 32, 2, dtype=torch.float16))
     unet.set_attn_processor(TurboProcessor(ratio=0.5, backend="sdpa", **fields))
     sdpa = run(unet, args, kwargs)
     unet.set_attn_processor(TurboProcessor(ratio=0.5, backend="xformers", **fields))
@@ -105,9 +108,7 @@ def test_inductor_compile_on_cuda_matches_eager_without_recompiling():
 
     torch._dynamo.reset()
     unet = tiny_sd15_unet().cuda()
-    args, kwargs = unet_args(unet, 32, 32, 2)
-    sample = args[0].cuda()
-    kwargs = {k: v.cuda() for k, v in kwargs.items()}
+    (sample, _), kwargs = _to_cuda(unet_args(unet, 32, 32, 2))
     steps = (900, 800, 700, 600)
     baseline = [run(unet, (sample, torch.tensor(t)), kwargs) for t in steps]
     apply_turbo(unet, ratio=0.5, plan_every=2)

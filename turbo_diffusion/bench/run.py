@@ -34,6 +34,7 @@ from ..harness.loading import resolve_device, resolve_dtype
 from ..harness.measure import NOISY_SPREAD, Progress, Timing, compile_module
 from ..harness.memory import CPU_METHOD, CUDA_METHOD
 from ..harness.methods import BASELINE, Method, make_method, parse_method, parse_methods
+from ..harness.processors import default_processor
 from ..kernels import xformers_available
 from ..models import uses_random_weights
 from .profile import variant_breakdown
@@ -150,18 +151,14 @@ def load_model(spec: BenchSpec) -> tuple[DiffusionPipeline | None, UNet2DConditi
 
 
 def set_attention_kernel(unet: UNet2DConditionModel, kernel: str) -> None:
-    """Give every attention layer diffusers' default processor of ``kernel`` (``"sdpa"``: ``AttnProcessor2_0``,
-    ``"xformers"``: ``XFormersAttnProcessor``), the baseline every variant is timed against."""
-    from diffusers.models.attention_processor import AttnProcessor2_0, XFormersAttnProcessor
-
+    """Give every attention layer diffusers' default processor of ``kernel`` (`default_processor`), the baseline
+    every variant is timed against."""
     if kernel == "xformers":
         if unet.device.type != "cuda":
             raise HarnessError(f"attention='xformers' runs on CUDA only, but the model is on {unet.device}")
         if not xformers_available():
             raise HarnessError("attention='xformers' needs xformers: pip install 'turbo-diffusion[xformers]'")
-        unet.set_attn_processor(XFormersAttnProcessor())
-    else:
-        unet.set_attn_processor(AttnProcessor2_0())
+    unet.set_attn_processor(default_processor(kernel))
 
 
 def run_bench(
