@@ -11,7 +11,9 @@ judge (`turbo_diffusion.shapes.scoring.judge_scores`) against the scene's ground
 
 * paired bootstrap 95% intervals over prompts (seeds averaged within a prompt first) of each method's accuracy
   minus the baseline's and minus ToMe's (Turbo with ``alpha=0``) at the same ratio;
-* a plot of accuracy and PSNR against ratio, one line per method;
+* per method, its difference to ToMe pooled over the ratios (one comparison per method, with a Bonferroni
+  interval besides the 95% one, for the question the study asks);
+* a plot of accuracy and PSNR against ratio, one line per method, and a grid of a few prompts' images;
 * where merged tokens fall: on the renders of a few scenes (noised, so the ground truth is exact), the share of
   merged finest-level tokens that lie on an object, against the share of all tokens that do (``inspect_plans``
   and the scenes' object masks), and a picture of them (``OUT/merged_tokens.png``);
@@ -48,6 +50,8 @@ CORE = ("turbo@{r}:alpha=0", "turbo@{r}", "turbo@{r}:alpha=4", "turbo@{r}:semant
 QUICK = ("turbo@{r}:alpha=0", "turbo@{r}", "turbo@{r}:semantic=text", "tome@{r}")
 TEMPLATES = {"study": STUDY, "core": CORE, "quick": QUICK}
 TOME = "turbo@{r}:alpha=0"  # ToMe's selection inside Turbo's engine: the fair "alpha = 0" ablation
+GRID = ("turbo@{r}:alpha=0", "turbo@{r}", "turbo@{r}:semantic=text", "tome@{r}", "todo@{r}",
+        "turbo@{r}:proportional_attn=True", "turbo@{r}:mode=kv")  # the columns of study_grid.png after baseline
 
 
 def main() -> None:
@@ -60,7 +64,9 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--methods", choices=tuple(TEMPLATES), default="study",
                         help="study: every variant of QUALITY.md; core: ToMe, Turbo alpha 1 and 4, text, tomesd, ToDo")
-    parser.add_argument("--location-scenes", type=int, default=16, help="scenes for where merged tokens fall")
+    parser.add_argument("--location-scenes", type=int, default=200, help="scenes for where merged tokens fall")
+    parser.add_argument("--grid-prompts", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5],
+                        help="prompt indices shown in OUT/study_grid.png (seed 0, the middle ratio)")
     args = parser.parse_args()
 
     from turbo_diffusion.compare import compare
@@ -80,6 +86,7 @@ def main() -> None:
         "configuration": result.configuration,
         "images": len(images),
         "table": table(images, labels, args.ratios, templates),
+        "pooled": pooled_rows(images, labels, args.ratios, templates),
         "location": merged_location(args.model, args.location_scenes, args.ratios[len(args.ratios) // 2],
                                     picture=Path(args.out) / "merged_tokens.png"),
         "kid": kid_rows(images, ["baseline", *labels.values()], result.configuration["prompts"], Path(args.out)),
@@ -87,6 +94,9 @@ def main() -> None:
     out = Path(args.out)
     (out / "study.json").write_text(json.dumps(study, indent=1))
     plot(study["table"], templates, out / "accuracy_vs_ratio.png")
+    middle = args.ratios[len(args.ratios) // 2]
+    shown = ["baseline", *(labels[t.format(r=middle)] for t in GRID if t in templates)]
+    method_grid(images, shown, args.grid_prompts, out, out / "study_grid.png")
     (out / "study.md").write_text(markdown(study, templates))
     print((out / "study.md").read_text())
 
@@ -110,6 +120,35 @@ def bootstrap_difference(a: dict[int, float], b: dict[int, float], resamples: in
     rng = random.Random(seed)
     means = sorted(float(diffs[[rng.randrange(len(diffs)) for _ in diffs]].mean()) for _ in range(resamples))
     return float(diffs.mean()), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+
+
+def pooled_rows(images: list[dict], labels: dict[str, str], ratios: list[float], templates: tuple[str, ...],
+                resamples: int = 20000) -> list[dict]:
+    """One comparison per method instead of one per ratio: each prompt's accuracy minus ToMe's at the same ratio,
+    averaged over the ratios, with its paired bootstrap 95% interval over prompts and the interval at the
+    Bonferroni level 1 - 0.05/k for the k methods compared (so that a difference called out among k is not
+    one that chance alone produces about once in 20 tables)."""
+    if TOME not in templates:
+        return []
+    others = [t for t in templates if t != TOME]
+    level = 0.05 / len(others)
+    rows = []
+    for template in others:
+        per_ratio = []
+        for r in ratios:
+            acc = per_prompt(images, labels[template.format(r=r)], "accuracy")
+            tome = per_prompt(images, labels[TOME.format(r=r)], "accuracy")
+            per_ratio.append({p: acc[p] - tome[p] for p in set(acc) & set(tome)})
+        prompts = sorted(set.intersection(*(set(d) for d in per_ratio)))
+        diffs = np.array([np.mean([d[p] for d in per_ratio]) for p in prompts])
+        draws = np.random.default_rng(0).integers(0, len(diffs), (resamples, len(diffs)))
+        means = diffs[draws].mean(axis=1)
+        rows.append({"template": template, "ratios": list(ratios), "prompts": len(prompts),
+                     "vs_tome": float(diffs.mean()),
+                     "ci95": [float(q) for q in np.quantile(means, [0.025, 0.975])],
+                     "bonferroni": [float(q) for q in np.quantile(means, [level / 2, 1 - level / 2])],
+                     "bonferroni_level": 1 - level})
+    return rows
 
 
 def table(images: list[dict], labels: dict[str, str], ratios: list[float], templates: tuple[str, ...]) -> list[dict]:
@@ -151,8 +190,9 @@ def merged_location(model: str, scenes: int, ratio: float, picture: Path | None 
     Measured on the scenes' own renders, noised at LOCATION_TIMESTEPS in turn (as one generation: the second and
     third calls have the previous step's text mass for ``semantic="text"``), so the ground truth says exactly which
     tokens are objects. (On generated images it would not: this model mostly draws objects in other cells than
-    asked.) Steps after the first count, the prompt-conditioned input only. ``picture``: the first scenes with
-    each selection's merged tokens at the last timestep shaded."""
+    asked.) Steps after the first count, the prompt-conditioned input only. Each selection other than ToMe's also
+    gets ``vs_tome``: its share minus ToMe's and a paired bootstrap 95% interval over the scenes. ``picture``: the
+    first scenes with each selection's merged tokens at the last timestep shaded."""
     import torch
 
     from turbo_diffusion import apply_turbo, inspect_plans, remove_turbo
@@ -169,10 +209,10 @@ def merged_location(model: str, scenes: int, ratio: float, picture: Path | None 
         latents = pipe.vae.encode(torch.stack([_to_tensor(r) for r in renders])).latent_dist.mean
         latents = latents * pipe.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
-    rows, shown = [], {}
+    counts, shown = {}, {}  # counts[name]: per scene (merged on objects, merged, object tokens, tokens)
     for name, fields in SELECTIONS:
         apply_turbo(pipe, ratio=ratio, **fields)
-        on_object = total = object_tokens = all_tokens = 0
+        per_scene = []
         for i, scene in enumerate(chosen):
             with torch.no_grad():
                 text = pipe.encode_prompt(scene.prompt, "cpu", 1, False)[0]  # the text hook records it
@@ -182,22 +222,32 @@ def merged_location(model: str, scenes: int, ratio: float, picture: Path | None 
                         noisy = a.sqrt() * latents[i:i + 1] + (1 - a).sqrt() * noise[i:i + 1]
                         pipe.unet(noisy, torch.tensor([t]), encoder_hidden_states=text)
             finest = max(r.grid[0] * r.grid[1] for r in records)
+            tally = np.zeros(4, dtype=np.int64)
             for record in records:
                 if record.grid[0] * record.grid[1] != finest or record.reused or record.step == 0:
                     continue
                 h, w = record.grid
                 mask = object_masks(scene).any(0).reshape(h, scene.size // h, w, scene.size // w).any((1, 3))
                 merged = record.merged[0].numpy()
-                on_object += int((merged & mask).sum())
-                total += int(merged.sum())
-                object_tokens += int(mask.sum())
-                all_tokens += mask.size
+                tally += [int((merged & mask).sum()), int(merged.sum()), int(mask.sum()), mask.size]
                 if i < 3 and record.step == len(LOCATION_TIMESTEPS) - 1:
                     shown.setdefault((name, i), merged)  # the first block of the finest level
+            per_scene.append(tally)
         remove_turbo(pipe)
-        rows.append({"selection": name, "ratio": ratio, "merged_on_objects": on_object / max(total, 1),
-                     "tokens_on_objects": object_tokens / max(all_tokens, 1), "scenes": scenes,
-                     "timesteps": list(LOCATION_TIMESTEPS[1:])})
+        counts[name] = np.array(per_scene)
+    tome = counts[SELECTIONS[0][0]]
+    draws = np.random.default_rng(0).integers(0, scenes, (2000, scenes))
+    rows = []
+    for name, _ in SELECTIONS:
+        mine = counts[name]
+        row = {"selection": name, "ratio": ratio, "merged_on_objects": mine[:, 0].sum() / max(mine[:, 1].sum(), 1),
+               "tokens_on_objects": mine[:, 2].sum() / max(mine[:, 3].sum(), 1), "scenes": scenes,
+               "timesteps": list(LOCATION_TIMESTEPS[1:])}
+        if name != SELECTIONS[0][0]:  # share minus ToMe's share, bootstrap over scenes (paired: same scenes)
+            share = mine[draws, 0].sum(1) / mine[draws, 1].sum(1) - tome[draws, 0].sum(1) / tome[draws, 1].sum(1)
+            row["vs_tome"] = [float(row["merged_on_objects"] - tome[:, 0].sum() / tome[:, 1].sum()),
+                              *(float(q) for q in np.quantile(share, [0.025, 0.975]))]
+        rows.append({k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()})
     if picture is not None:
         _location_picture(renders[:3], shown, ratio, picture)
     return rows
@@ -227,6 +277,39 @@ def _location_picture(renders: list, shown: dict, ratio: float, path: Path) -> N
                 ax.set_title(name, fontsize=9)
     fig.suptitle(f"merged tokens (dots) at ratio {ratio}, finest level, t = {LOCATION_TIMESTEPS[-1]}, on the scenes' "
                  "renders (shapes model, not SD)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def method_grid(images: list[dict], methods: list[str], prompts: list[int], out: Path, path: Path) -> None:
+    """The seed-0 images of ``prompts`` (rows) under ``methods`` (columns), each row titled with its prompt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import textwrap
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    found = {(i["method"], i["prompt_index"]): i for i in images if i["seed"] == 0}
+    prompts = [p for p in prompts if ("baseline", p) in found]
+    fig, axes = plt.subplots(len(prompts), len(methods), figsize=(1.9 * len(methods), 2.1 * len(prompts)),
+                             squeeze=False)
+    for row, p in enumerate(prompts):
+        for col, method in enumerate(methods):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            image = found.get((method, p))
+            if image is not None:
+                with Image.open(out / image["path"]) as picture:
+                    ax.imshow(picture.convert("RGB"))
+            if row == 0:
+                ax.set_title(method.replace(":", "\n", 1), fontsize=8)
+            if col == 0:
+                ax.set_ylabel(textwrap.fill(found[("baseline", p)]["prompt"], 36), fontsize=6)
+    fig.suptitle("seed 0 of the study's first prompts (shapes model, a toy trained here, not SD)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -305,10 +388,18 @@ def markdown(study: dict, templates: tuple[str, ...]) -> str:
                      f"{r['accuracy']:.3f} | {r['prompt_correct']:.3f} | {r.get('psnr', float('inf')):.1f} | "
                      f"{r.get('ssim', 1.0):.3f} | {ci(r.get('vs_baseline'))} | {ci(r.get('vs_tome'))} | "
                      f"{r['seconds']:.2f} |")
-    lines += ["", "| selection | ratio | merged tokens on objects | all tokens on objects | scenes |",
-              "|---|---|---|---|---|"]
+    if study.get("pooled"):
+        level = study["pooled"][0]["bonferroni_level"]
+        lines += ["", f"| method, ratios {study['pooled'][0]['ratios']} pooled | vs ToMe | 95% CI | "
+                  f"{level:.4f} CI (Bonferroni, {len(study['pooled'])} methods) | prompts |", "|---|---|---|---|---|"]
+        for r in study["pooled"]:
+            lines.append(f"| `{r['template'].replace('@{r}', '')}` | {r['vs_tome']:+.4f} | "
+                         f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}] | "
+                         f"[{r['bonferroni'][0]:+.4f}, {r['bonferroni'][1]:+.4f}] | {r['prompts']} |")
+    lines += ["", "| selection | ratio | merged tokens on objects | minus ToMe's [95% CI] | all tokens on objects | "
+              "scenes |", "|---|---|---|---|---|---|"]
     for r in study["location"]:
-        lines.append(f"| {r['selection']} | {r['ratio']} | {r['merged_on_objects']:.3f} | "
+        lines.append(f"| {r['selection']} | {r['ratio']} | {r['merged_on_objects']:.3f} | {ci(r.get('vs_tome'))} | "
                      f"{r['tokens_on_objects']:.3f} | {r['scenes']} |")
     if study.get("kid"):
         lines += ["", "| images | KID to renders of other scenes (spread over subsets) | images | reference |",
