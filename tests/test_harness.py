@@ -189,3 +189,11 @@ def test_the_loading_message_says_which_models_have_random_weights():
     assert "random weights" in loading_message("sd15-arch")
     assert "random weights" not in loading_message("shapes") and "trained" in loading_message("shapes")
     assert loading_message("some/folder") == "loading some/folder"
+
+
+def test_tomesd_settings_name_its_installed_version():
+    """tomesd has no ``__version__``: the version in a compare folder's settings must come from its metadata, so
+    that images made under another tomesd release get other keys."""
+    from importlib import metadata
+
+    assert parse_method("tome@0.5").settings()["version"] == metadata.version("tomesd")

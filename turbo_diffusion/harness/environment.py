@@ -33,7 +33,7 @@ def environment(device: Any, random_weights: bool, command: str) -> dict[str, An
         "cpu": cpu,
         "gpu": gpu,
         "commit": git_commit(),
-        "versions": {name: _version(name) for name in PACKAGES} | {"python": platform.python_version()},
+        "versions": {name: package_version(name) for name in PACKAGES} | {"python": platform.python_version()},
         "command": command,
         "invoked": invoked_command(),
         "weights": "random weights" if random_weights else "pretrained",
@@ -81,7 +81,7 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def _version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
     """The running module's ``__version__`` when it has been imported, else the installed distribution's."""
     module = sys.modules.get(name)
     if getattr(module, "__version__", None):

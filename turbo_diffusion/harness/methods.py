@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TurboConfig, parse_fields, split_top_level
+from .environment import package_version
 
 KINDS = ("baseline", "turbo", "tome", "todo", "bound")
 TODO_MODES = ("nearest", "avg")
@@ -159,7 +160,7 @@ class Method:
             defaults = {k: p.default for k, p in inspect.signature(tomesd.apply_patch).parameters.items()
                         if k in TOME_FIELDS}
             return {"ratio": self.ratio, **defaults, **self.options,
-                    "version": getattr(tomesd, "__version__", "unknown")}
+                    "version": package_version("tomesd") or "unknown"}  # tomesd has no __version__: ask its metadata
         if self.kind == "todo":
             settings = {"ratio": self.ratio, "mode": self.options.get("mode", "nearest")}
             if self.grid is not None:
