@@ -197,18 +197,12 @@ def merged_location(model: str, scenes: int, ratio: float, picture: Path | None 
 
     from turbo_diffusion import apply_turbo, inspect_plans, remove_turbo
     from turbo_diffusion.models import load_pipeline
-    from turbo_diffusion.shapes.evaluate import eval_scenes
-    from turbo_diffusion.shapes.scenes import object_masks, render
-    from turbo_diffusion.shapes.train import _to_tensor
+    from turbo_diffusion.shapes.evaluate import encoded_renders, eval_scenes, noised
+    from turbo_diffusion.shapes.scenes import object_tokens, render
 
     pipe = load_pipeline(model)
     chosen = eval_scenes(scenes)
-    renders = [render(s) for s in chosen]
-    alphas = pipe.scheduler.alphas_cumprod
-    with torch.no_grad():
-        latents = pipe.vae.encode(torch.stack([_to_tensor(r) for r in renders])).latent_dist.mean
-        latents = latents * pipe.vae.config.scaling_factor
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    latents, noise = encoded_renders(pipe, chosen)
     counts, shown = {}, {}  # counts[name]: per scene (merged on objects, merged, object tokens, tokens)
     for name, fields in SELECTIONS:
         apply_turbo(pipe, ratio=ratio, **fields)
@@ -218,16 +212,14 @@ def merged_location(model: str, scenes: int, ratio: float, picture: Path | None 
                 text = pipe.encode_prompt(scene.prompt, "cpu", 1, False)[0]  # the text hook records it
                 with inspect_plans(pipe) as records:
                     for t in LOCATION_TIMESTEPS:
-                        a = alphas[t]
-                        noisy = a.sqrt() * latents[i:i + 1] + (1 - a).sqrt() * noise[i:i + 1]
-                        pipe.unet(noisy, torch.tensor([t]), encoder_hidden_states=text)
+                        pipe.unet(noised(pipe, latents[i:i + 1], noise[i:i + 1], t), torch.tensor([t]),
+                                  encoder_hidden_states=text)
             finest = max(r.grid[0] * r.grid[1] for r in records)
             tally = np.zeros(4, dtype=np.int64)
             for record in records:
                 if record.grid[0] * record.grid[1] != finest or record.reused or record.step == 0:
                     continue
-                h, w = record.grid
-                mask = object_masks(scene).any(0).reshape(h, scene.size // h, w, scene.size // w).any((1, 3))
+                mask = object_tokens(scene, record.grid)
                 merged = record.merged[0].numpy()
                 tally += [int((merged & mask).sum()), int(merged.sum()), int(mask.sum()), mask.size]
                 if i < 3 and record.step == len(LOCATION_TIMESTEPS) - 1:
@@ -249,7 +241,7 @@ def merged_location(model: str, scenes: int, ratio: float, picture: Path | None 
                               *(float(q) for q in np.quantile(share, [0.025, 0.975]))]
         rows.append({k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()})
     if picture is not None:
-        _location_picture(renders[:3], shown, ratio, picture)
+        _location_picture([render(s) for s in chosen[:3]], shown, ratio, picture)
     return rows
 
 

@@ -24,23 +24,15 @@ def main() -> None:
 
     from turbo_diffusion import apply_turbo, inspect_plans, remove_turbo
     from turbo_diffusion.models import load_pipeline
-    from turbo_diffusion.shapes.evaluate import eval_scenes
-    from turbo_diffusion.shapes.scenes import object_masks, render
-    from turbo_diffusion.shapes.train import _to_tensor
+    from turbo_diffusion.shapes.evaluate import encoded_renders, eval_scenes, noised
+    from turbo_diffusion.shapes.scenes import object_tokens
 
     pipe = load_pipeline("shapes")
     scenes = eval_scenes(16)
-    with torch.no_grad():
-        latents = pipe.vae.encode(torch.stack([_to_tensor(render(s)) for s in scenes])).latent_dist.mean
-        latents = latents * pipe.vae.config.scaling_factor
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
-    alphas = pipe.scheduler.alphas_cumprod
+    latents, noise = encoded_renders(pipe, scenes)
 
     def noisy(i: int, t: int) -> torch.Tensor:
-        return alphas[t].sqrt() * latents[i:i + 1] + (1 - alphas[t]).sqrt() * noise[i:i + 1]
-
-    def object_tokens(scene, side: int) -> np.ndarray:
-        return object_masks(scene).any(0).reshape(side, scene.size // side, side, scene.size // side).any((1, 3))
+        return noised(pipe, latents[i:i + 1], noise[i:i + 1], t)
 
     result = {}
     for semantic in ("attention", "text"):
@@ -56,7 +48,7 @@ def main() -> None:
             for r in records:
                 if r.grid[0] * r.grid[1] != finest or r.step == 0:
                     continue
-                mask = object_tokens(scene, r.grid[0])
+                mask = object_tokens(scene, r.grid)
                 s, red = r.semantic[0].numpy(), r.redundancy[0].numpy()
                 sums["S objects"].append(np.nanmean(s[mask]))
                 sums["S background"].append(np.nanmean(s[~mask]))
@@ -85,7 +77,7 @@ def main() -> None:
             values = {"mean-query proxy": torch.softmax(mean_query @ k.transpose(1, 2) * attn.scale, -1).mean(0)[0],
                       "column mean, all queries": maps.mean((0, 1)),
                       "column mean, 64 queries": maps[:, picked].mean((0, 1))}
-        mask = object_tokens(scene, int(n ** 0.5)).reshape(-1)
+        mask = object_tokens(scene, (int(n ** 0.5),) * 2).reshape(-1)
         for name, v in values.items():
             v = v.numpy() / v.numpy().mean()
             received[name][0].append(v[mask].mean())

@@ -16,6 +16,7 @@ from turbo_diffusion.shapes.scenes import (
     POSITIONS,
     SHAPES,
     object_masks,
+    object_tokens,
     render,
     sample_scene,
     scene_for_seed,
@@ -177,6 +178,20 @@ def test_connected_components_labels_separate_regions():
     labels = connected_components(mask)
     assert labels.max() == 3
     assert len(np.unique(labels[0:2, 0:2])) == 1 and labels[0, 0] != labels[5, 5]
+
+
+def test_object_tokens_mark_every_cell_an_object_touches_and_no_other():
+    scene = scene_for_seed(3)
+    pixels = object_masks(scene).any(0)
+    tokens = object_tokens(scene, (32, 16))  # rows and columns of different sizes: the reshape must not swap them
+    cell_h, cell_w = scene.size // 32, scene.size // 16
+    assert tokens.shape == (32, 16)
+    for r in range(32):
+        for c in range(16):
+            assert tokens[r, c] == pixels[r * cell_h:(r + 1) * cell_h, c * cell_w:(c + 1) * cell_w].any()
+    assert 0 < tokens.sum() < tokens.size
+    with pytest.raises(ValueError, match=r"grid \(30, 30\) does not divide the 128 px image"):
+        object_tokens(scene, (30, 30))
 
 
 def test_classify_shape_on_drawn_masks():

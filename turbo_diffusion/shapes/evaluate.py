@@ -62,30 +62,43 @@ def evaluate(pipe: Any, scenes: Sequence[Scene], seed: int = 0, steps: int = DEF
     return judge_all(generate(pipe, scenes, seed, steps, guidance, batch), scenes)[0]
 
 
-def noise_predictions(pipe: Any, scenes: Sequence[Scene], timesteps: Sequence[int] = (200, 500, 800),
-                      seed: int = 0) -> list:
-    """The UNet's one-step noise prediction on each scene's render, encoded and noised at each of ``timesteps``:
-    one ``(len(scenes), C, h, w)`` tensor per timestep. It isolates the UNet (no sampler, no drift over steps).
-
-    The renders are noised from the scheduler's ``alphas_cumprod`` directly, ``sqrt(a_t) x + sqrt(1 - a_t) n``:
-    a multistep scheduler's own ``add_noise`` looks ``t`` up in the schedule of its last ``set_timesteps`` and,
-    for a ``t`` not in it, silently noises at the last step instead, so after a generation it would feed the UNet
-    other inputs than before one."""
+def encoded_renders(pipe: Any, scenes: Sequence[Scene], seed: int = 0) -> tuple[Any, Any]:
+    """``(latents, noise)``: the scenes' renders encoded by the pipeline's VAE (latent mean, scaled as the UNet
+    expects), ``(len(scenes), C, h, w)``, and Gaussian noise of that shape drawn from ``seed``."""
     import torch
 
     from .train import _to_tensor  # the pixels -> [-1, 1] transform the model was trained on
 
     pixels = torch.stack([_to_tensor(render(s)) for s in scenes])
-    alphas = pipe.scheduler.alphas_cumprod
-    out = []
     with torch.no_grad():
         latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    return latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def noised(pipe: Any, latents: Any, noise: Any, t: int) -> Any:
+    """``sqrt(a_t) latents + sqrt(1 - a_t) noise`` with ``a_t`` from the scheduler's ``alphas_cumprod``.
+
+    Not the scheduler's own ``add_noise``: a multistep scheduler's looks ``t`` up in the schedule of its last
+    ``set_timesteps`` and, for a ``t`` not in it, silently noises at the last step instead, so after a generation
+    it would feed the UNet other inputs than before one."""
+    a = pipe.scheduler.alphas_cumprod[t].to(latents.dtype)
+    return a.sqrt() * latents + (1 - a).sqrt() * noise
+
+
+def noise_predictions(pipe: Any, scenes: Sequence[Scene], timesteps: Sequence[int] = (200, 500, 800),
+                      seed: int = 0) -> list:
+    """The UNet's one-step noise prediction on each scene's render, encoded and noised at each of ``timesteps``
+    (`noised`): one ``(len(scenes), C, h, w)`` tensor per timestep. It isolates the UNet (no sampler, no drift
+    over steps)."""
+    import torch
+
+    latents, noise = encoded_renders(pipe, scenes, seed)
+    out = []
+    with torch.no_grad():
         text = pipe.encode_prompt([s.prompt for s in scenes], "cpu", 1, False)[0]
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
         for t in timesteps:
-            a = alphas[t].to(latents.dtype)
-            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-            out.append(pipe.unet(noisy, torch.full((len(scenes),), t), encoder_hidden_states=text).sample)
+            out.append(pipe.unet(noised(pipe, latents, noise, t), torch.full((len(scenes),), t),
+                                 encoder_hidden_states=text).sample)
     return out
 
 

@@ -136,6 +136,15 @@ def object_masks(scene: Scene) -> np.ndarray:
     return masks
 
 
+def object_tokens(scene: Scene, grid: tuple[int, int]) -> np.ndarray:
+    """``(h, w)`` bool for a ``grid = (h, w)`` of tokens over the image: True where any pixel of the token's cell
+    lies on an object (which tokens of a latent level are objects, for "where merges fall")."""
+    h, w = grid
+    if scene.size % h or scene.size % w:
+        raise ValueError(f"grid {grid} does not divide the {scene.size} px image into whole cells")
+    return object_masks(scene).any(0).reshape(h, scene.size // h, w, scene.size // w).any((1, 3))
+
+
 def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, fill) -> None:
     cx, cy = obj.center
     h = obj.side / 2
