@@ -10,7 +10,8 @@ at every ratio (same seeds, same scheduler) and scores each image with PSNR/SSIM
 judge (`turbo_diffusion.shapes.scoring.judge_scores`) against the scene's ground truth. This script then adds:
 
 * paired bootstrap 95% intervals over prompts (seeds averaged within a prompt first) of each method's accuracy
-  minus the baseline's and minus ToMe's (Turbo with ``alpha=0``) at the same ratio;
+  minus the baseline's and minus ToMe's (Turbo with ``alpha=0``) at the same ratio, and of its PSNR to the
+  baseline minus ToMe's;
 * per method, its difference to ToMe pooled over the ratios (one comparison per method, with a Bonferroni
   interval besides the 95% one, for the question the study asks);
 * a plot of accuracy and PSNR against ratio, one line per method, and a grid of a few prompts' images;
@@ -156,6 +157,7 @@ def table(images: list[dict], labels: dict[str, str], ratios: list[float], templ
     rows = [{"method": "baseline", "template": "baseline", "ratio": 0.0, **_means(images, "baseline")}]
     for r in ratios:
         tome = per_prompt(images, labels[TOME.format(r=r)], "accuracy") if TOME in templates else None
+        tome_psnr = per_prompt(images, labels[TOME.format(r=r)], "psnr") if TOME in templates else None
         for template in templates:
             label = labels[template.format(r=r)]
             acc = per_prompt(images, label, "accuracy")
@@ -163,6 +165,7 @@ def table(images: list[dict], labels: dict[str, str], ratios: list[float], templ
                    "vs_baseline": bootstrap_difference(acc, base)}
             if tome is not None and template != TOME:
                 row["vs_tome"] = bootstrap_difference(acc, tome)
+                row["psnr_vs_tome"] = bootstrap_difference(per_prompt(images, label, "psnr"), tome_psnr)
             rows.append(row)
     return rows
 
@@ -366,20 +369,20 @@ def plot(rows: list[dict], templates: tuple[str, ...], path: Path) -> None:
 
 
 def markdown(study: dict, templates: tuple[str, ...]) -> str:
-    def ci(value: tuple[float, float, float] | None) -> str:
-        return "" if value is None else f"{value[0]:+.3f} [{value[1]:+.3f}, {value[2]:+.3f}]"
+    def ci(value: tuple[float, float, float] | None, digits: int = 3) -> str:
+        return "" if value is None else f"{value[0]:+.{digits}f} [{value[1]:+.{digits}f}, {value[2]:+.{digits}f}]"
 
     c = study["configuration"]
     lines = [f"{study['images']} images: {len(c['prompts'])} prompts of `{c['preset']}` x seeds {c['seeds']} x "
              f"{len(c['methods'])} methods, {c['steps']} steps of {c['scheduler']}, guidance {c['guidance']}, "
              f"{c['size'][0]}x{c['size'][1]} px, {c['dtype']} on {c['device_type']} (all settings: study.json)", "",
              "| method | colour | shape | position | accuracy | prompt | PSNR | SSIM | vs baseline [95% CI] | "
-             "vs ToMe [95% CI] | s/img |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "vs ToMe [95% CI] | PSNR vs ToMe (dB) [95% CI] | s/img |", "|---" * 12 + "|"]
     for r in study["table"]:
         lines.append(f"| `{r['method']}` | {r['colour']:.3f} | {r['shape']:.3f} | {r['position']:.3f} | "
                      f"{r['accuracy']:.3f} | {r['prompt_correct']:.3f} | {r.get('psnr', float('inf')):.1f} | "
                      f"{r.get('ssim', 1.0):.3f} | {ci(r.get('vs_baseline'))} | {ci(r.get('vs_tome'))} | "
-                     f"{r['seconds']:.2f} |")
+                     f"{ci(r.get('psnr_vs_tome'), 1)} | {r['seconds']:.2f} |")
     if study.get("pooled"):
         level = study["pooled"][0]["bonferroni_level"]
         lines += ["", f"| method, ratios {study['pooled'][0]['ratios']} pooled | vs ToMe | 95% CI | "
