@@ -197,3 +197,22 @@ def test_tomesd_settings_name_its_installed_version():
     from importlib import metadata
 
     assert parse_method("tome@0.5").settings()["version"] == metadata.version("tomesd")
+
+
+def test_tomesd_images_do_not_depend_on_what_the_process_ran_before():
+    """tomesd forks torch's global generator when a patched block first runs: without a seeded generator of its
+    own, the same prompt, seed and method would give another image after anything that drew from that generator,
+    and a compare folder's images would not be a function of their keys."""
+    from turbo_diffusion.harness.measure import installed
+    from turbo_diffusion.models import load_pipeline
+
+    pipe = load_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    method = parse_method("tome@0.5").at_grid(level_grid(64, 64, attention_level(pipe.unet)))
+    images = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        with installed(pipe, method), torch.no_grad():
+            images.append(pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="pt",
+                               generator=torch.Generator().manual_seed(0)).images)
+    assert torch.equal(images[0], images[1])

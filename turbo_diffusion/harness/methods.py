@@ -44,6 +44,9 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 # tomesd.apply_patch keywords a ``tome@R:...`` method may set (the ratio comes after the @).
 TOME_FIELDS = ("max_downsample", "sx", "sy", "use_rand", "merge_attn", "merge_crossattn", "merge_mlp")
+# Seed of the generator `install` gives tomesd. Left alone, tomesd forks torch's global generator when a patched
+# block first runs, so its random partitions (and images) would depend on whatever the process drew before.
+TOMESD_SEED = 0
 _GRAMMAR = re.compile(r"(?P<name>[a-z][a-z-]*)(?:\[(?P<bracket>.*)\])?(?:@(?P<ratio>[^:]*))?(?::(?P<options>.*))?",
                       re.DOTALL)
 # Processors saved by `install`, per UNet, for `uninstall` (todo and bound swap processors).
@@ -120,8 +123,13 @@ class Method:
             apply_turbo(model, self.turbo_config)
         elif self.kind == "tome":
             import tomesd
+            import torch
+
+            from .processors import find_unet
 
             tomesd.apply_patch(model, ratio=self.ratio, **self.options)
+            unet = find_unet(model)  # tomesd keeps its state on the UNet it patched
+            unet._tome_info["args"]["generator"] = torch.Generator(unet.device).manual_seed(TOMESD_SEED)
         elif self.kind in ("todo", "bound"):
             from .processors import find_unet, kernel_of
 
@@ -148,8 +156,8 @@ class Method:
             unet.set_attn_processor(_SAVED[unet].pop())
 
     def settings(self) -> dict[str, Any]:
-        """What the method does, JSON-ready, defaults filled in: the whole `TurboConfig`; tomesd's keywords and
-        version; ToDo's mode and grids; the bound's token count."""
+        """What the method does, JSON-ready, defaults filled in: the whole `TurboConfig`; tomesd's keywords, version
+        and generator seed; ToDo's mode and grids; the bound's token count."""
         if self.kind == "turbo":
             return dataclasses.asdict(self.turbo_config)
         if self.kind == "tome":
@@ -160,7 +168,8 @@ class Method:
             defaults = {k: p.default for k, p in inspect.signature(tomesd.apply_patch).parameters.items()
                         if k in TOME_FIELDS}
             return {"ratio": self.ratio, **defaults, **self.options,
-                    "version": package_version("tomesd") or "unknown"}  # tomesd has no __version__: ask its metadata
+                    "version": package_version("tomesd") or "unknown",  # tomesd has no __version__: ask its metadata
+                    "generator_seed": TOMESD_SEED}
         if self.kind == "todo":
             settings = {"ratio": self.ratio, "mode": self.options.get("mode", "nearest")}
             if self.grid is not None:
