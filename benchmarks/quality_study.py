@@ -133,13 +133,13 @@ def pooled_rows(images: list[dict], labels: dict[str, str], ratios: list[float],
         return []
     others = [t for t in templates if t != TOME]
     level = 0.05 / len(others)
+    tome = {r: per_prompt(images, labels[TOME.format(r=r)], "accuracy") for r in ratios}
     rows = []
     for template in others:
         per_ratio = []
         for r in ratios:
             acc = per_prompt(images, labels[template.format(r=r)], "accuracy")
-            tome = per_prompt(images, labels[TOME.format(r=r)], "accuracy")
-            per_ratio.append({p: acc[p] - tome[p] for p in set(acc) & set(tome)})
+            per_ratio.append({p: acc[p] - tome[r][p] for p in set(acc) & set(tome[r])})
         prompts = sorted(set.intersection(*(set(d) for d in per_ratio)))
         diffs = np.array([np.mean([d[p] for d in per_ratio]) for p in prompts])
         draws = np.random.default_rng(0).integers(0, len(diffs), (resamples, len(diffs)))
@@ -217,12 +217,12 @@ def merged_location(model: str, scenes: int, ratio: float, picture: Path | None 
                     for t in LOCATION_TIMESTEPS:
                         pipe.unet(noised(pipe, latents[i:i + 1], noise[i:i + 1], t), torch.tensor([t]),
                                   encoder_hidden_states=text)
-            finest = max(r.grid[0] * r.grid[1] for r in records)
+            grid = max((r.grid for r in records), key=lambda g: g[0] * g[1])  # the finest level's
+            mask = object_tokens(scene, grid)
             tally = np.zeros(4, dtype=np.int64)
             for record in records:
-                if record.grid[0] * record.grid[1] != finest or record.reused or record.step == 0:
+                if record.grid != grid or record.reused or record.step == 0:
                     continue
-                mask = object_tokens(scene, record.grid)
                 merged = record.merged[0].numpy()
                 tally += [int((merged & mask).sum()), int(merged.sum()), int(mask.sum()), mask.size]
                 if i < 3 and record.step == len(LOCATION_TIMESTEPS) - 1:
