@@ -5,10 +5,17 @@ cut into ``sy x sx`` windows. Each full window contributes one destination, chos
 window; all its other tokens are sources. Tokens outside the full windows (the last rows/columns when the
 stride does not divide the grid) are always sources and are attached to the nearest full window.
 
-Everything that depends only on the shape (window positions, the table of "other offsets", neighbourhoods) is
-computed once per shape and device by :func:`window_grid`; the per-call work in :func:`partition_tokens` is two
-small gathers. The layout is built from shape-only ops (no ``nonzero``, no boolean indexing), so it can also be
-built inside a ``torch.compile`` graph when it was not cached before.
+Work is split by what it depends on, because on a launch-bound GPU every tensor operation costs about the same:
+
+* :func:`window_grid`: the shape alone (window positions, the table of "other offsets", neighbourhoods). Built
+  once per shape and device and cached.
+* :func:`partition_tokens`: the shape and the destination offsets, i.e. (seed, timestep, grid). A handful of
+  gathers, done once per UNet call and grid and shared by every block of that grid (the processor caches it
+  per call): the destinations, the sources, and the positions of each window's candidate destinations.
+* the block's features: everything in :mod:`~turbo_diffusion.core.scores` and :mod:`~turbo_diffusion.core.plan`.
+
+The layout is built from shape-only ops (no ``nonzero``, no boolean indexing), so it can also be built inside a
+``torch.compile`` graph when it was not cached before.
 """
 
 from __future__ import annotations
@@ -64,8 +71,24 @@ def window_count(height: int, width: int, sx: int = 2, sy: int = 2) -> int:
     return (height // min(sy, height)) * (width // min(sx, width))
 
 
-_GRIDS: OrderedDict[tuple, WindowGrid] = OrderedDict()  # the cache of window_grid, least recently used first
-_CACHE_SIZE = 128
+_CACHE: OrderedDict[tuple, object] = OrderedDict()  # shape-only tables, least recently used first
+_CACHE_SIZE = 256
+
+
+def shape_cached(key: tuple, build):
+    """``build()`` once per ``key`` (shapes and a device string), kept in a small LRU cache. Inside a compiled
+    graph the cache is only read: a table cached before compilation enters the graph as a constant input; a
+    missing one is built in the graph."""
+    value = _CACHE.get(key)
+    if torch.compiler.is_compiling():
+        return value if value is not None else build()
+    if value is None:
+        value = _CACHE[key] = build()
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    return value
 
 
 def window_grid(
@@ -84,17 +107,19 @@ def window_grid(
     Inside a compiled graph the cache is only read: a layout built before compilation (``apply_turbo``'s UNet
     hook builds its levels' layouts) enters the graph as constant inputs; a missing one is built in the graph.
     """
-    key = (height, width, sx, sy, radius, device)
-    grid = _GRIDS.get(key)
-    if torch.compiler.is_compiling():
-        return grid if grid is not None else _build_window_grid(*key)
-    if grid is None:
-        grid = _GRIDS[key] = _build_window_grid(*key)
-        if len(_GRIDS) > _CACHE_SIZE:
-            _GRIDS.popitem(last=False)
-    else:
-        _GRIDS.move_to_end(key)
-    return grid
+    return shape_cached(("grid", height, width, sx, sy, radius, device),
+                   lambda: _build_window_grid(height, width, sx, sy, radius, device))
+
+
+def batch_rows(batch: int, device: torch.device) -> torch.Tensor:
+    """``(B, 1)`` int64 ``[[0], [1], ...]``: with a ``(B, M)`` index it picks row ``b`` of sample ``b``
+    (``x[batch_rows(B, d), index]`` gathers ``(B, M, C)`` in one operation). Cached per batch and device."""
+    return shape_cached(("rows", batch, str(device)), lambda: torch.arange(batch, device=device)[:, None])
+
+
+def row_range(count: int, device: torch.device) -> torch.Tensor:
+    """``(count,)`` int64 ``arange``, cached per size and device."""
+    return shape_cached(("range", count, str(device)), lambda: torch.arange(count, device=device))
 
 
 def _build_window_grid(height: int, width: int, sx: int, sy: int, radius: int | None, device: str) -> WindowGrid:
@@ -136,18 +161,25 @@ def _build_window_grid(height: int, width: int, sx: int, sy: int, radius: int | 
 
 @dataclass(frozen=True, eq=False)
 class Partition:
-    """Destinations and sources of one bipartite split, shared by every element of the batch.
+    """Destinations and sources of one bipartite split, shared by every element of the batch and every block of
+    the grid in one UNet call.
 
     Attributes:
         grid: the layout the split was drawn on.
         dst: ``(Nw,)`` positions of the destinations, one per window, in window order (slot ``i`` is window ``i``).
         src: ``(Ns,)`` positions of the sources: first the ``k - 1`` sources of each full window, window by window,
             then the leftover tokens. That grouping is what makes neighbourhood matching a batched matmul.
+        candidates: ``(Nw, K)`` positions of the destinations each window's sources are compared with (the
+            destinations of ``grid.neighbours``), or ``None`` for global matching.
+        leftover_candidates: ``(L, K)`` the same for each leftover source, or ``None`` (global matching, or no
+            leftovers).
     """
 
     grid: WindowGrid
     dst: torch.Tensor
     src: torch.Tensor
+    candidates: torch.Tensor | None = None
+    leftover_candidates: torch.Tensor | None = None
 
     @property
     def num_grouped(self) -> int:
@@ -164,7 +196,7 @@ def random_offsets(grid: WindowGrid, generator: torch.Generator) -> torch.Tensor
 
 
 def partition_tokens(grid: WindowGrid, offsets: torch.Tensor | None = None) -> Partition:
-    """Split the grid into destinations and sources.
+    """Split the grid into destinations and sources, and list each source group's candidate destinations.
 
     Args:
         grid: from :func:`window_grid`.
@@ -181,5 +213,12 @@ def partition_tokens(grid: WindowGrid, offsets: torch.Tensor | None = None) -> P
     else:
         dst = grid.window_base + grid.offset_pos[offsets]
         src_offsets = grid.others[offsets]
-    grouped = grid.window_base[:, None] + grid.offset_pos[src_offsets]
-    return Partition(grid, dst, torch.cat([grouped.flatten(), grid.leftover]))
+    src = (grid.window_base[:, None] + grid.offset_pos[src_offsets]).flatten()
+    if grid.leftover.shape[0]:
+        src = torch.cat([src, grid.leftover])
+    candidates = leftover_candidates = None
+    if grid.neighbours is not None:
+        candidates = dst[grid.neighbours]
+        if grid.leftover.shape[0]:
+            leftover_candidates = candidates[grid.leftover_window]
+    return Partition(grid, dst, src, candidates, leftover_candidates)

@@ -10,7 +10,11 @@ returns a :class:`MergePlan`, which any ``(B, N, C)`` tensor of that block can g
 Merged layout: the ``Nw`` destinations first (row ``i`` is window ``i``, so a source's match is directly its
 target row), then the unmerged sources in partition order. Merging averages each destination with the sources
 it absorbs, weighted by size (every token starts with size 1); restoring copies each row back to every position
-it stands for. Both are a single row gather over the flattened batch, plus one ``index_add_`` for the merge.
+it stands for.
+
+Everything here is counted in tensor operations, since on a launch-bound GPU each costs about the same whatever
+its size: the plan is a few gathers and one scatter per index table (``x[rows, index]`` is one operation), the
+merge two gathers, one accumulating scatter and one scale, the restore one gather.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .partition import Partition
+from .partition import Partition, batch_rows, row_range, shape_cached
 from .scores import information_degree, mutual_redundancy
 
 
@@ -43,12 +47,18 @@ class PlanScores:
 class MergePlan:
     """Indices of one merge, shared by every component of a transformer block in one UNet call.
 
+    Built by :func:`plan_merge` (or rebuilt with `from_indices`); construction does no tensor work.
+
     Attributes:
         batch, num_tokens: ``B`` and ``N`` of the tensors it applies to.
         num_dst: destinations, the first rows of the merged layout.
         num_merged: ``r``, sources removed by merging; ``num_kept = N - r`` rows remain.
-        sizes: ``(B, N - r)`` how many original tokens each merged row stands for (for proportional attention).
-        merged_positions: ``(B, r)`` token positions that were merged away (for inspection and pictures).
+        kept_positions: ``(B, N - r)`` the token each merged row starts from: destinations, then unmerged sources.
+        merged_positions: ``(B, r)`` token positions that were merged away.
+        merged_rows: ``(B, r)`` the destination row each of them joins.
+        restore_rows: ``(B, N)`` the merged row each token position reads back.
+        sizes: ``(B, N - r)`` float32, how many original tokens each merged row stands for (proportional
+            attention, the merge's weights).
         scores: the `PlanScores` it was chosen by, or ``None`` for a plan rebuilt from saved indices.
     """
 
@@ -56,60 +66,51 @@ class MergePlan:
         self,
         *,
         num_tokens: int,
-        keep: torch.Tensor,
-        merged_src: torch.Tensor,
-        merged_row: torch.Tensor,
-        restore_row: torch.Tensor,
+        kept_positions: torch.Tensor,
+        merged_positions: torch.Tensor,
+        merged_rows: torch.Tensor,
+        restore_rows: torch.Tensor,
         sizes: torch.Tensor,
         num_dst: int,
         scores: PlanScores | None = None,
     ) -> None:
-        self.batch, self.num_kept = keep.shape
+        self.batch, self.num_kept = kept_positions.shape
         self.num_tokens = num_tokens
-        self.num_merged = merged_src.shape[1]
+        self.num_merged = merged_positions.shape[1]
         self.num_dst = num_dst
+        self.kept_positions = kept_positions
+        self.merged_positions = merged_positions
+        self.merged_rows = merged_rows
+        self.restore_rows = restore_rows
         self.sizes = sizes
-        self.merged_positions = merged_src
         self.scores = scores
-        self._indices = (keep, merged_src, merged_row, restore_row, sizes)
-        # Flatten (B, *) row indices to rows of (B * N, C) / (B * M, C) so each move is one index_select.
-        token_base = torch.arange(self.batch, device=keep.device)[:, None] * num_tokens
-        row_base = torch.arange(self.batch, device=keep.device)[:, None] * self.num_kept
-        self._keep = (keep + token_base).flatten()
-        self._merged_src = (merged_src + token_base).flatten()
-        self._merged_row = (merged_row + row_base).flatten()
-        self._restore = (restore_row + row_base).flatten()
-        self._inv_dst_size = sizes[:, :num_dst, None].reciprocal()
+        self._inverse_sizes: dict[torch.dtype, torch.Tensor] = {}
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, C)`` -> ``(B, N - r, C)``: size-weighted average of each destination and its sources."""
         self._check(x, self.num_tokens)
-        channels = x.shape[-1]
-        flat = x.reshape(-1, channels)
-        merged = flat.index_select(0, self._keep)
-        merged.index_add_(0, self._merged_row, flat.index_select(0, self._merged_src))
-        merged = merged.view(self.batch, self.num_kept, channels)
-        merged[:, : self.num_dst] *= self._inv_dst_size.to(merged.dtype)
-        return merged
+        rows = batch_rows(self.batch, x.device)
+        merged = x[rows, self.kept_positions]
+        merged.index_put_((rows, self.merged_rows), x[rows, self.merged_positions], accumulate=True)
+        return merged.mul_(self._inverse_sizes_as(merged.dtype))
 
     def restore(self, y: torch.Tensor) -> torch.Tensor:
         """``(B, N - r, C)`` -> ``(B, N, C)``: kept tokens return to their positions, merged ones copy their
         destination's row."""
         self._check(y, self.num_kept)
-        channels = y.shape[-1]
-        return y.reshape(-1, channels).index_select(0, self._restore).view(self.batch, self.num_tokens, channels)
+        return y[batch_rows(self.batch, y.device), self.restore_rows]
 
     def indices(self) -> tuple[torch.Tensor, ...]:
-        """The plan as tensors only, ``(keep, merged_src, merged_row, restore_row, sizes)``: what a block saves to
-        reuse the plan at a later step (see `from_indices`)."""
-        return self._indices
+        """The plan as tensors only, ``(kept_positions, merged_positions, merged_rows, restore_rows, sizes)``:
+        what a block saves to reuse the plan at a later step (see `from_indices`)."""
+        return self.kept_positions, self.merged_positions, self.merged_rows, self.restore_rows, self.sizes
 
     @classmethod
     def from_indices(cls, indices: tuple[torch.Tensor, ...], num_tokens: int, num_dst: int) -> MergePlan:
         """Rebuild a plan from `indices` (its ``scores`` are not kept)."""
-        keep, merged_src, merged_row, restore_row, sizes = indices
-        return cls(num_tokens=num_tokens, keep=keep, merged_src=merged_src, merged_row=merged_row,
-                   restore_row=restore_row, sizes=sizes, num_dst=num_dst)
+        kept, merged, merged_rows, restore_rows, sizes = indices
+        return cls(num_tokens=num_tokens, kept_positions=kept, merged_positions=merged, merged_rows=merged_rows,
+                   restore_rows=restore_rows, sizes=sizes, num_dst=num_dst)
 
     @staticmethod
     def empty_indices(batch: int, num_tokens: int, num_merged: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -126,6 +127,15 @@ class MergePlan:
     def matches(self, x: torch.Tensor) -> bool:
         """Whether ``x`` has the batch and token count this plan was made for."""
         return x.dim() == 3 and x.shape[0] == self.batch and x.shape[1] == self.num_tokens
+
+    def _inverse_sizes_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(B, N - r, 1)`` ``1 / size`` of every merged row in ``dtype`` (1 for unmerged rows, which the merge then
+        leaves exactly as they were), made at the first merge of that dtype: a block's components merge tensors of
+        one dtype, so once per plan."""
+        inverse = self._inverse_sizes.get(dtype)
+        if inverse is None:
+            inverse = self._inverse_sizes[dtype] = self.sizes.unsqueeze(-1).reciprocal().to(dtype)
+        return inverse
 
     def _check(self, x: torch.Tensor, tokens: int) -> None:
         if x.dim() != 3 or x.shape[0] != self.batch or x.shape[1] != tokens:
@@ -170,35 +180,32 @@ def plan_merge(
         degree = information_degree(redundancy, semantic_src, alpha)
         chosen = degree.topk(r, dim=-1, sorted=False).indices  # (B, r) indices into src
 
-        merged = torch.zeros(batch, num_src, dtype=torch.bool, device=device).scatter_(1, chosen, True)
-        kept = ~merged
-        # Unmerged sources fill rows num_dst.. in partition order; merged ones point at their destination's row.
-        kept_row = num_dst + kept.cumsum(dim=1) - 1
-        src_row = torch.where(kept, kept_row, match)
-        num_kept = num_tokens - r
+        # A stable sort of the chosen flags lists the unmerged sources first, in partition order.
+        flags = torch.zeros(batch, num_src, dtype=torch.uint8, device=device).scatter_(1, chosen, 1)
+        kept_src = flags.argsort(dim=1, stable=True)[:, : num_src - r]
+        kept_positions = torch.cat([dst.expand(batch, -1), src[kept_src]], dim=1)  # (B, N - r)
+        merged_positions = src[chosen]
+        merged_rows = match.gather(1, chosen)
 
-        restore_row = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
-        restore_row[:, dst] = torch.arange(num_dst, device=device)
-        restore_row[:, src] = src_row
-
-        # Scatter the kept sources' positions into their rows; merged ones land in a spare last column.
-        column = torch.where(kept, kept_row, torch.full_like(kept_row, num_kept))
-        keep = torch.empty(batch, num_kept + 1, dtype=torch.long, device=device)
-        keep.scatter_(1, column, src.expand(batch, -1))
-        keep = keep[:, :num_kept]
-        keep[:, :num_dst] = dst
-
-        merged_row = match.gather(1, chosen)
-        sizes = torch.ones(batch, num_kept, dtype=torch.float32, device=device)
-        sizes[:, :num_dst].scatter_add_(1, merged_row, torch.ones(batch, r, device=device))
+        restore_rows = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
+        restore_rows.scatter_(1, kept_positions, row_range(num_tokens - r, device).expand(batch, -1))
+        restore_rows.scatter_(1, merged_positions, merged_rows)
+        # A row's size is the number of positions that read it back (exact: small integers in float32).
+        sizes = torch.zeros(batch, num_tokens - r, dtype=torch.float32, device=device)
+        sizes.scatter_add_(1, restore_rows, _ones(batch, num_tokens, device))
 
     return MergePlan(
         num_tokens=num_tokens,
-        keep=keep,
-        merged_src=src[chosen],
-        merged_row=merged_row,
-        restore_row=restore_row,
+        kept_positions=kept_positions,
+        merged_positions=merged_positions,
+        merged_rows=merged_rows,
+        restore_rows=restore_rows,
         sizes=sizes,
         num_dst=num_dst,
         scores=PlanScores(partition, redundancy, semantic, degree),
     )
+
+
+def _ones(batch: int, count: int, device: torch.device) -> torch.Tensor:
+    """``(B, count)`` float32 ones: a read-only view of one cached row."""
+    return shape_cached(("ones", count, str(device)), lambda: torch.ones(count, device=device)).expand(batch, -1)

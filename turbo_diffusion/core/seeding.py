@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .partition import WindowGrid
+from .partition import WindowGrid, shape_cached
 
 _MASK32 = 0xFFFFFFFF
 _FMIX_C1 = 0x85EBCA6B
@@ -53,7 +53,9 @@ def timestep_word(timestep: torch.Tensor | None, device: torch.device) -> torch.
     if timestep is None:
         return torch.zeros(1, dtype=torch.long, device=device)
     # float32, not float64: some devices (MPS) have no float64, and t * 1000 <= 1e6 is exact enough in float32.
-    t = timestep.detach().reshape(-1)[:1].to(device=device, dtype=torch.float32)
+    t = timestep
+    if t.shape != (1,) or t.dtype != torch.float32 or t.device != device or t.requires_grad:
+        t = t.detach().reshape(-1)[:1].to(device=device, dtype=torch.float32)  # (the UNet hook's is already so)
     return (t * 1000).round().long() & _MASK32
 
 
@@ -68,6 +70,11 @@ def seeded_offsets(grid: WindowGrid, seed: int, timestep: torch.Tensor | None = 
     """
     device = grid.window_base.device
     key = fmix32(timestep_word(timestep, device) ^ seed_word(seed))
-    windows = torch.arange(grid.num_windows, device=device, dtype=torch.long)
-    words = fmix32((key + _mul32(windows, _GOLDEN)) & _MASK32)
+    words = fmix32((key + _window_words(grid.num_windows, device)) & _MASK32)
     return words % grid.window_size
+
+
+def _window_words(count: int, device: torch.device) -> torch.Tensor:
+    """``(count,)`` ``window * golden mod 2^32``: the timestep-free half of each window's hash input, cached."""
+    return shape_cached(("window_words", count, str(device)),
+                        lambda: _mul32(torch.arange(count, device=device, dtype=torch.long), _GOLDEN))
