@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from turbo_diffusion import apply_turbo
+from turbo_diffusion import apply_turbo, turbo_generation
 
 from .conftest import run, tiny_sd15_unet, unet_args
 
@@ -23,8 +23,14 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def denoise(unet, args, kwargs, timesteps=TIMESTEPS):
+def calls(unet, args, kwargs, timesteps):
     return [run(unet, (args[0], torch.tensor(t)), kwargs) for t in timesteps]
+
+
+def denoise(unet, args, kwargs, timesteps=TIMESTEPS):
+    """One generation (plans are reused, and text mass read, only inside one)."""
+    with turbo_generation(unet):
+        return calls(unet, args, kwargs, timesteps)
 
 
 def turbo_unet(fields, *shape):
@@ -71,9 +77,10 @@ def test_compile_repeated_blocks_fullgraph_stops_compiling_after_the_first_step(
     unet, args, kwargs, eager = turbo_unet(fields)
     counter = CompileCounter()
     unet.compile_repeated_blocks(backend=counter, fullgraph=True)
-    first = denoise(unet, args, kwargs, TIMESTEPS[:1])
-    after_first_step = counter.frame_count
-    rest = denoise(unet, args, kwargs, TIMESTEPS[1:])
+    with turbo_generation(unet):
+        first = calls(unet, args, kwargs, TIMESTEPS[:1])
+        after_first_step = counter.frame_count
+        rest = calls(unet, args, kwargs, TIMESTEPS[1:])
     assert counter.frame_count == after_first_step
     for out, ref in zip(first + rest, eager, strict=True):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

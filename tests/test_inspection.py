@@ -5,15 +5,17 @@ import math
 import pytest
 import torch
 
-from turbo_diffusion import PlanRecord, TurboProcessor, apply_turbo, inspect_plans
+from turbo_diffusion import PlanRecord, TurboProcessor, apply_turbo, inspect_plans, turbo_generation
 
 from .conftest import run, unet_args
 
 
 def steps(unet, count, **shape):
+    """One generation of ``count`` UNet calls."""
     args, kwargs = unet_args(unet, **shape)
-    for t in torch.linspace(900, 100, count).tolist():
-        run(unet, (args[0], torch.tensor(t)), kwargs)
+    with turbo_generation(unet):
+        for t in torch.linspace(900, 100, count).tolist():
+            run(unet, (args[0], torch.tensor(t)), kwargs)
 
 
 def test_one_record_per_merged_block_and_unet_call(sd15_unet):

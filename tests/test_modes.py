@@ -5,7 +5,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import turbo_diffusion.processor as processor_module
-from turbo_diffusion import TurboConfig, TurboProcessor, apply_turbo
+from turbo_diffusion import TurboConfig, TurboProcessor, apply_turbo, turbo_generation
 
 from .conftest import run, tiny_sd15_unet, unet_args
 
@@ -83,7 +83,9 @@ def plans(monkeypatch):
 
 
 def denoise(unet, timesteps, args, kwargs):
-    return [run(unet, (args[0], torch.tensor(t)), kwargs) for t in timesteps]
+    """One generation: the UNet calls of a denoising loop (plans are reused only inside one)."""
+    with turbo_generation(unet):
+        return [run(unet, (args[0], torch.tensor(t)), kwargs) for t in timesteps]
 
 
 def test_plan_every_reuses_plans_between_steps(plans):
@@ -107,15 +109,16 @@ def test_plan_cache_is_dropped_when_a_new_generation_starts(plans):
     apply_turbo(unet, plan_every=10)
     first = denoise(unet, [900, 500], args, kwargs)
     assert len(plans) == 3
-    second = denoise(unet, [900, 500], args, kwargs)  # t rises again: a new generation plans afresh
+    second = denoise(unet, [900, 500], args, kwargs)  # a new generation plans afresh
     assert len(plans) == 6
     assert torch.equal(first[1], second[1])
+    both = denoise(unet, [900, 500, 900, 500], args, kwargs)  # in one, t rising again starts it afresh
+    assert len(plans) == 12 and torch.equal(both[3], first[1])
 
 
 def test_plan_every_on_the_bare_processor_counts_unet_calls(plans):
     unet = tiny_sd15_unet()
     args, kwargs = unet_args(unet)
     unet.set_attn_processor(TurboProcessor(plan_every=2))
-    for _ in range(4):
-        run(unet, args, kwargs)
+    denoise(unet, [900, 700, 500, 300], args, kwargs)
     assert len(plans) == 2 * 3

@@ -211,15 +211,26 @@ def test_apply_turbo_on_controlnet_and_inpainting_pipelines(make):
     np.testing.assert_array_equal(generate(pipe, **extra), baseline)
 
 
-def content_mask_of(pipe):
-    return _INSTALLATIONS[pipe.unet].context.calls.get().content_mask
+def content_masks_seen(pipe, call):
+    """Run ``call()``; return the prompt content mask Turbo laid out for each of its UNet calls."""
+    context, seen = _INSTALLATIONS[pipe.unet].context, []
+
+    def look(unet, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        seen.append(context.call().content_mask(sample.shape[0]))
+
+    handle = pipe.unet.register_forward_pre_hook(look, with_kwargs=True)  # runs after Turbo's own
+    try:
+        call()
+    finally:
+        handle.remove()
+    return seen
 
 
 def test_text_semantic_learns_the_prompts_content_tokens_from_the_pipeline():
     pipe = build(StableDiffusionPipeline)
     apply_turbo(pipe, semantic="text")
-    generate(pipe)
-    mask = content_mask_of(pipe)
+    mask = content_masks_seen(pipe, lambda: generate(pipe))[-1]
     # classifier-free guidance: [negative "" (no content), "a red cat" (7 character tokens, one per letter/word end)]
     assert mask.shape == (2, 77)
     assert mask[0].sum() == 0
@@ -231,9 +242,10 @@ def test_text_semantic_never_uses_another_prompts_token_mask():
     apply_turbo(pipe, semantic="text")
     embeds, negative = pipe.encode_prompt("a red cat", "cpu", 1, True)
     pipe.encode_prompt("a big blue dog", "cpu", 1, True)
-    pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=1, output_type="np", **SIZE)
+    masks = content_masks_seen(pipe, lambda: pipe(prompt_embeds=embeds, negative_prompt_embeds=negative,
+                                                  num_inference_steps=1, output_type="np", **SIZE))
     # the embeddings' token ids are unknown: every token but the start token counts, in both halves
-    assert content_mask_of(pipe) is None
+    assert masks == [None]
 
 
 def test_encode_prompt_calls_do_not_queue_up_token_ids():
@@ -241,10 +253,11 @@ def test_encode_prompt_calls_do_not_queue_up_token_ids():
     apply_turbo(pipe, semantic="text")
     for _ in range(50):
         pipe.encode_prompt("a red cat", "cpu", 1, True)
-    latest = _INSTALLATIONS[pipe.unet].context.prompts.latest()
+    latest = _INSTALLATIONS[pipe.unet].pipelines[0].recorder.latest()
     assert latest.prompt.shape == (1, 77) and latest.negative.shape == (1, 77)
     remove_turbo(pipe)
-    assert "encode_prompt" not in vars(pipe) and not pipe.text_encoder._diffusers_hook.hooks
+    assert "encode_prompt" not in vars(pipe) and not hasattr(pipe.text_encoder, "_diffusers_hook")
+    assert "forward" not in vars(pipe.text_encoder)  # no instance attribute left where the hook wrapped it
 
 
 @pytest.mark.parametrize("cls", [TurboStableDiffusionPipeline, TurboStableDiffusionXLPipeline])

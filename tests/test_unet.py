@@ -412,11 +412,11 @@ def test_the_mask_warning_does_not_silence_the_prompt_mask_warning(caplog):
     torch.manual_seed(0)
     attn = Attention(query_dim=32, heads=2, dim_head=16).eval()
     processor = TurboProcessor(ratio=0.5)
-    processor.context.hooked = True  # as if apply_turbo had installed it, with a mismatched prompt mask
-    processor.context.calls.get().content_mask = torch.ones(1, 3, dtype=torch.bool)
+    call = processor.context.call()
+    call.content_mask = lambda batch: torch.ones(1, 3, dtype=torch.bool)  # a prompt mask that does not fit
     with caplog.at_level("WARNING", logger="turbo_diffusion"):
         processor(attn, torch.randn(1, 64, 32), attention_mask=torch.zeros(1, 64, 64))
-        processor._content_mask(1, 7, torch.device("cpu"))
+        processor._content_mask(call, 1, 7, torch.device("cpu"))
     assert "attention mask is not merged" in caplog.text
     assert "prompt token mask (1, 3) does not fit" in caplog.text
 

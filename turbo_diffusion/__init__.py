@@ -16,10 +16,11 @@ _PIPELINES = ("TurboStableDiffusionPipeline", "TurboStableDiffusionImg2ImgPipeli
 _EXPORTS = {
     **dict.fromkeys(["apply_turbo", "remove_turbo", "turbo_config_of"], ".hooks"),
     "TurboProcessor": ".processor",
+    "turbo_generation": ".generation",
     **dict.fromkeys(["PlanRecord", "inspect_plans"], ".inspection"),
     **dict.fromkeys(_PIPELINES, ".pipelines"),
 }
 
 __all__ = ["PlanRecord", "TurboConfig", "TurboProcessor", "apply_turbo", "inspect_plans", "remove_turbo",
-           "turbo_config_of", "__version__", *_PIPELINES]
+           "turbo_config_of", "turbo_generation", "__version__", *_PIPELINES]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -5,10 +5,13 @@ What gets installed, and nothing else:
 * on the self-attention (``attn1``) of every transformer block at the merged levels, and on their cross-attention
   (``attn2``) when ``merge_crossattn`` or ``semantic="text"`` needs it, a `TurboProcessor` wrapping the processor
   that was there (it passes through to it wherever it does not merge);
-* a UNet forward pre-hook that reports each call's latent size and timestep (see `_CallStart` for why it is a
-  torch hook rather than a diffusers one);
+* a UNet forward pre-hook that reports each call's latent size and timestep, and a forward hook that reports its
+  return (see `_CallStart` for why they are torch hooks rather than diffusers ones);
 * with ``merge_mlp``, a diffusers hook on those blocks' feed-forward that merges its input and restores its output;
-* with ``semantic="text"`` on a pipeline, the prompt recorder of :mod:`turbo_diffusion.prompts`.
+* on a pipeline, when the config keeps state from step to step (``plan_every > 1``, ``semantic="text"``), a
+  wrapper around its ``progress_bar`` that makes the denoising loop one generation (see
+  :mod:`turbo_diffusion.state`), and for ``semantic="text"`` the prompt recorder of :mod:`turbo_diffusion.prompts`.
+  Every pipeline Turbo was applied through that still shares the UNet (``from_pipe`` siblings) keeps its own.
 
 Module classes are never renamed or swapped, so ``unet.compile_repeated_blocks()`` and LoRA loading see the
 model they expect (both tested). Everything is validated before anything changes, so a failing `apply_turbo`
@@ -22,6 +25,7 @@ back and stays on. docs/DESIGN.md ("Processors replaced by other calls") lists w
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import weakref
@@ -30,7 +34,7 @@ from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import (
     AttnProcessor,
@@ -45,9 +49,10 @@ from .config import TurboConfig, resolve_config
 from .context import TurboContext
 from .core import MergePlan, merged_count, window_count, window_grid
 from .levels import grid_at
+from .module_hooks import register_hook, remove_hook
 from .processor import TurboProcessor, check_backend
-from .prompts import PromptRecorder, content_mask
-from .state import BlockState, CallState, ThreadLocal, block_memory
+from .prompts import PromptRecorder
+from .state import BlockMemory, HookedCall
 
 logger = logging.getLogger("turbo_diffusion")
 
@@ -87,9 +92,10 @@ class _Installation:
     context: TurboContext
     originals: dict[str, Any]  # every layer's processor before Turbo
     layers: list[tuple[torch.nn.Module, TurboProcessor]] = field(default_factory=list)
-    blocks: list[tuple[ThreadLocal[BlockState], int]] = field(default_factory=list)  # (memory, downsample)
-    hooked: list[tuple[torch.nn.Module, str]] = field(default_factory=list)  # diffusers hooks to remove
-    pre_hook: RemovableHandle | None = None
+    blocks: list[tuple[BlockMemory, int]] = field(default_factory=list)  # (memory, downsample)
+    feed_forwards: list[torch.nn.Module] = field(default_factory=list)  # hooked with _FeedForwardHook
+    pipelines: list[_PipelineHooks] = field(default_factory=list)
+    handles: list[RemovableHandle] = field(default_factory=list)  # the UNet's pre- and post-hook
 
     def replaced(self) -> Any:
         """The processor that replaced one of Turbo's, or ``None`` while all of them are in place.
@@ -111,45 +117,121 @@ class _Installation:
                 replacement = now
         return replacement
 
-    def start_call(self, sample: torch.Tensor, timestep: object) -> None:
-        """Advance this thread's clock; on new shapes, allocate the blocks' storage (outside any graph)."""
-        context = self.context
-        call = context.calls.get()
-        batch, latent_hw = sample.shape[0], (int(sample.shape[-2]), int(sample.shape[-1]))
-        if call.start(latent_hw, batch, sample.device, timestep):
-            self._allocate(call, sample.device)
-        if context.prompts is not None:
-            self._lay_out_prompt(call, sample.device)
+    def hook(self, unet: UNet2DConditionModel) -> None:
+        """Put this installation's hooks on: the UNet's, the feed-forwards', the pipelines'."""
+        for module in self.feed_forwards:
+            register_hook(module, _FeedForwardHook(self.context), _FEED_FORWARD_HOOK)
+        for pipeline in self.pipelines:
+            pipeline.install()
+        self.handles = [unet.register_forward_pre_hook(_CallStart(self), with_kwargs=True),
+                        unet.register_forward_hook(_CallEnd(self))]
+        unet.__dict__[_SET_DEFAULT] = _SetDefaultAttnProcessor(unet)
 
-    def _allocate(self, call: CallState, device: torch.device) -> None:
-        """Fresh per-block state for the call's shapes: the levels' window layouts, and storage that compiled
-        graphs copy plans and text mass into (so a graph's inputs are the same objects at every step)."""
+    def unhook(self, unet: torch.nn.Module) -> None:
+        """Take this installation's hooks off (those that are still there)."""
+        if isinstance(unet.__dict__.get(_SET_DEFAULT), _SetDefaultAttnProcessor):
+            del unet.__dict__[_SET_DEFAULT]
+        for handle in self.handles:
+            handle.remove()
+        for pipeline in self.pipelines:
+            pipeline.uninstall()
+        for module in self.feed_forwards:
+            remove_hook(module, _FEED_FORWARD_HOOK)
+
+    def start_call(self, sample: torch.Tensor, timestep: object) -> None:
+        """Advance this thread's clock; on new shapes, size the blocks' storage (outside any graph)."""
+        call = self.context.call()
+        if call.begin(sample, timestep):
+            self._allocate(call, sample.device)
+
+    def _allocate(self, call: HookedCall, device: torch.device) -> None:
+        """Fresh per-block state for the call's shapes: the levels' window layouts, and static storage that
+        compiled graphs copy plans and text mass into (so a graph's inputs are the same objects at every step,
+        as CUDA graphs need)."""
         cfg = self.context.config
         for memory, downsample in self.blocks:
-            state = memory.get()
-            state.plan = state.saved = state.text_mass = None
+            state = memory.state(call, None)
+            state.plan = state.saved = state.storage = state.text_mass = None
             h, w = grid_at(call.latent_hw, downsample)
             # Cached now, the layout enters compiled graphs as constant inputs instead of being traced.
             window_grid(h, w, cfg.sx, cfg.sy, cfg.match_radius, str(device))
             num_merge = merged_count(h * w, window_count(h, w, cfg.sx, cfg.sy), cfg.ratio)
             if cfg.plan_every > 1 and num_merge > 0:
-                state.saved = MergePlan.empty_indices(call.batch, h * w, num_merge, device)
+                state.storage = tuple(map(_static, MergePlan.empty_indices(call.batch, h * w, num_merge, device)))
             if cfg.semantic == "text" and cfg.alpha > 0:
-                state.text_mass = torch.zeros(call.batch, h * w, device=device)
+                state.text_mass = _static(torch.zeros(call.batch, h * w, device=device))
 
-    def _lay_out_prompt(self, call: CallState, device: torch.device) -> None:
-        prompts = self.context.prompts
-        encoded = prompts.latest()
-        key = (id(encoded), call.batch, device)
-        if call.prompt_key == key:
+
+class _PipelineHooks:
+    """What Turbo wraps on one pipeline that runs the UNet: its ``progress_bar``, so that the denoising loop is one
+    generation, and for ``semantic="text"`` its prompt recorder, whose record that generation takes."""
+
+    def __init__(self, pipe: Any, context: TurboContext, recorder: PromptRecorder | None, wraps: bool) -> None:
+        self.pipe = weakref.ref(pipe)
+        self.context, self.recorder, self.wraps = context, recorder, wraps
+        self._wrapper: weakref.ref | None = None
+
+    def install(self) -> None:
+        pipe = self.pipe()
+        if pipe is None or not self.wraps:
             return
-        call.prompt_key = key
-        mask = content_mask(encoded, call.batch, prompts.special_ids)
-        if mask is None and encoded is not None:
-            self.context.warn_once(
-                "prompt_batch", f"could not lay the encoded prompt out over a UNet batch of {call.batch}; "
-                "semantic='text' counts every token but the start token")
-        call.content_mask = mask.to(device) if mask is not None else None
+        original, context, recorder = pipe.progress_bar, self.context, self.recorder
+
+        @functools.wraps(original)
+        def progress_bar(*args: Any, **kwargs: Any) -> Any:
+            return _GenerationBar(original(*args, **kwargs), context, recorder)
+
+        pipe.progress_bar = progress_bar
+        self._wrapper = weakref.ref(progress_bar)
+        if recorder is not None:
+            recorder.install()
+
+    def uninstall(self) -> None:
+        pipe, wrapper = self.pipe(), self._wrapper() if self._wrapper is not None else None
+        if pipe is not None and wrapper is not None and pipe.__dict__.get("progress_bar") is wrapper:
+            del pipe.progress_bar
+        self._wrapper = None
+        if self.recorder is not None:
+            self.recorder.uninstall()
+
+
+class _GenerationBar:
+    """A pipeline's progress bar (tqdm) whose ``with`` block, or iteration, is one generation: it opens in this
+    thread when the denoising loop starts and closes when it ends, on success or failure."""
+
+    def __init__(self, bar: Any, context: TurboContext, recorder: PromptRecorder | None) -> None:
+        self._bar, self._context, self._recorder = bar, context, recorder
+        self._outer: Any = None
+
+    def _open(self) -> Any:
+        call = self._context.call()
+        outer = call.open_generation()
+        call.generation.prompt = self._recorder.take() if self._recorder is not None else None
+        return outer
+
+    def __enter__(self) -> Any:
+        self._outer = self._open()
+        try:
+            return self._bar.__enter__()
+        except BaseException:
+            self._context.call().close_generation(self._outer)
+            raise
+
+    def __exit__(self, *exc: Any) -> Any:
+        try:
+            return self._bar.__exit__(*exc)
+        finally:
+            self._context.call().close_generation(self._outer)
+
+    def __iter__(self):
+        outer = self._open()
+        try:
+            yield from self._bar
+        finally:
+            self._context.call().close_generation(outer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar, name)
 
 
 class _CallStart:
@@ -157,9 +239,9 @@ class _CallStart:
 
     A torch module hook rather than a diffusers one: torch runs module hooks before it enters the compiled forward
     of ``torch.compile(unet)`` and ``unet.compile()``, so with ``torch.compiler.disable`` this bookkeeping stays in
-    plain Python, outside every graph: no graph break (there is no graph around it), and allocating storage or
-    reading the prompt record at the first call does not make the second call recompile. It also notices when
-    something else replaced Turbo's processors and takes Turbo off.
+    plain Python, outside every graph: no graph break (there is no graph around it), and sizing storage at the
+    first call does not make the second call recompile. It also notices when something else replaced Turbo's
+    processors and takes Turbo off.
     """
 
     def __init__(self, installation: _Installation) -> None:
@@ -178,17 +260,34 @@ class _CallStart:
         return None
 
 
+class _CallEnd:
+    """UNet forward hook: the call returned (a call that raised never gets here, so the next one starts its
+    generation afresh)."""
+
+    def __init__(self, installation: _Installation) -> None:
+        self.installation = weakref.ref(installation)
+
+    @torch.compiler.disable
+    def __call__(self, unet: torch.nn.Module, args: tuple, output: Any) -> None:
+        installation = self.installation()
+        if installation is not None and _INSTALLATIONS.get(unet) is installation:
+            installation.context.call().finish()
+        return None
+
+
 class _FeedForwardHook(ModelHook):
     """Merge the feed-forward's input with the block's plan, restore its output."""
 
-    def __init__(self, memory: ThreadLocal[BlockState]) -> None:
+    def __init__(self, context: TurboContext) -> None:
         super().__init__()
-        self.memory = memory
+        self.context = context
 
     def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
         forward = self.fn_ref.original_forward
-        state = self.memory.get()
-        plan, state.plan = state.plan, None  # the feed-forward is the block's last use of its plan
+        state = self.context.call().current
+        plan = state.plan if state is not None else None
+        if state is not None:
+            state.plan = None  # the feed-forward is the block's last use of its plan
         if plan is None or not plan.matches(hidden_states):
             return forward(hidden_states, *args, **kwargs)
         return plan.restore(forward(plan.merge(hidden_states), *args, **kwargs))
@@ -256,12 +355,12 @@ def apply_turbo(model: Any, config: TurboConfig | dict[str, Any] | None = None, 
     context = TurboContext(config, max_downsample=depth)
     originals = {name: _original(processor) for name, processor in unet.attn_processors.items()}
     installation = _Installation(context, originals)
-    wanted, kept, feed_forwards = {}, [], []
+    wanted, kept = {}, []
     need_cross = config.merge_crossattn or (config.semantic == "text" and config.alpha > 0)
     for name, (block, downsample) in levels.items():
         if downsample > depth:
             continue
-        memory = block_memory()
+        memory = BlockMemory()
         installation.blocks.append((memory, downsample))
         layers = ["attn1"] + (["attn2"] if need_cross and block.attn2 is not None else [])
         for layer in layers:
@@ -275,28 +374,59 @@ def apply_turbo(model: Any, config: TurboConfig | dict[str, Any] | None = None, 
             else:
                 kept.append(f"{key} ({type(originals[key]).__name__})")
         if config.merge_mlp:
-            feed_forwards.append((block.ff, memory))
-    recorder = None
-    if config.semantic == "text" and config.alpha > 0 and unet is not model:
-        recorder = PromptRecorder.for_pipeline(model)
-        if recorder is None:
-            context.warn_once("text", "semantic='text': no text encoder or encode_prompt to watch; counting every "
-                                      "prompt token but the start token")
+            installation.feed_forwards.append(block.ff)
+    context.feed_forward_merges = bool(installation.feed_forwards)
+    previous = _INSTALLATIONS.get(unet)
+    installation.pipelines = [_pipeline_hooks(pipe, context) for pipe in _pipelines_of(unet, model, previous)]
 
-    remove_turbo(unet)
-    unet.set_attn_processor({**originals, **wanted})
-    for module, memory in feed_forwards:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(_FeedForwardHook(memory), _FEED_FORWARD_HOOK)
-        installation.hooked.append((module, _FEED_FORWARD_HOOK))
-    if recorder is not None:
-        recorder.install()
-        context.prompts = recorder
-    installation.pre_hook = unet.register_forward_pre_hook(_CallStart(installation), with_kwargs=True)
-    unet.__dict__[_SET_DEFAULT] = _SetDefaultAttnProcessor(unet)
-    _INSTALLATIONS[unet] = installation
+    # Commit: the previous installation's pieces off, the new ones on, registered last. If anything fails or is
+    # interrupted on the way, the model goes back to how it was, so `turbo_config_of` never reports a config that
+    # is not fully installed.
+    before = unet.attn_processors
+    try:
+        if previous is not None:
+            _INSTALLATIONS.pop(unet, None)
+            previous.unhook(unet)
+        else:
+            _strip_copied_hooks(unet)
+        unet.set_attn_processor({**originals, **wanted})
+        installation.hook(unet)
+        _INSTALLATIONS[unet] = installation
+    except BaseException:
+        _INSTALLATIONS.pop(unet, None)
+        installation.unhook(unet)
+        unet.set_attn_processor(before)
+        if previous is not None:
+            previous.hook(unet)
+            _INSTALLATIONS[unet] = previous
+        raise
     if kept:
         context.warn_once("kept", f"Turbo left {len(kept)} custom attention processor(s) in place: {', '.join(kept)}")
     return model
+
+
+def _pipelines_of(unet: UNet2DConditionModel, model: Any, previous: _Installation | None) -> list[Any]:
+    """The pipelines a new installation serves: ``model`` when it is one, and those the previous installation
+    served that still run this UNet (``from_pipe`` siblings share it, and each keeps its generations)."""
+    pipes = [model] if model is not unet and not isinstance(model, torch.nn.Module) else []
+    for hooks in previous.pipelines if previous is not None else []:
+        pipe = hooks.pipe()
+        if pipe is not None and all(pipe is not p for p in pipes) and _unet_or_none(pipe) is unet:
+            pipes.append(pipe)
+    return pipes
+
+
+def _pipeline_hooks(pipe: Any, context: TurboContext) -> _PipelineHooks:
+    """`_PipelineHooks` for ``pipe``: its progress bar wrapped when the config keeps state from step to step, its
+    prompts recorded for ``semantic="text"``."""
+    config = context.config
+    text = config.semantic == "text" and config.alpha > 0
+    recorder = PromptRecorder.for_pipeline(pipe) if text else None
+    if text and recorder is None:
+        context.warn_once("text", "semantic='text': no text encoder or encode_prompt to watch; counting every "
+                                  "prompt token but the start token")
+    keeps_state = config.plan_every > 1 or text
+    return _PipelineHooks(pipe, context, recorder, wraps=keeps_state)
 
 
 def remove_turbo(model: Any) -> Any:
@@ -329,6 +459,15 @@ def turbo_config_of(model: Any) -> TurboConfig | None:
         return installation.context.config
     bare = [p for p in unet.attn_processors.values() if isinstance(p, TurboProcessor)]
     return bare[0].config if bare else None
+
+
+def turbo_contexts(model: Any) -> list[TurboContext]:
+    """The `TurboContext` of every Turbo installation merging on ``model``'s UNet (`apply_turbo`'s, and each bare
+    `TurboProcessor`'s), after taking Turbo off where another call replaced its processors."""
+    unet = find_unet(model)
+    turbo_config_of(unet)  # first settles processors another call replaced or re-created
+    contexts = {id(p.context): p.context for p in unet.attn_processors.values() if isinstance(p, TurboProcessor)}
+    return list(contexts.values())
 
 
 def find_unet(model: Any) -> UNet2DConditionModel:
@@ -434,36 +573,33 @@ def _adopt_copy(unet: torch.nn.Module, config: TurboConfig) -> _Installation | N
     return _INSTALLATIONS.get(unet)
 
 
+def _static(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, marked as storage whose address never changes: CUDA graphs (``mode="reduce-overhead"``) then
+    let a captured graph write into it instead of refusing to capture (they may mutate only static inputs)."""
+    torch._dynamo.mark_static_address(tensor)
+    return tensor
+
+
 def _strip_copied_hooks(unet: torch.nn.Module) -> None:
     """Remove the Turbo hooks a UNet carries without an installation of its own (a deep copy's)."""
-    for hook_id, hook in list(unet._forward_pre_hooks.items()):
-        if isinstance(hook, _CallStart):
-            del unet._forward_pre_hooks[hook_id]
-            unet._forward_pre_hooks_with_kwargs.pop(hook_id, None)
+    for hooks, kind in ((unet._forward_pre_hooks, _CallStart), (unet._forward_hooks, _CallEnd)):
+        for hook_id, hook in list(hooks.items()):
+            if isinstance(hook, kind):
+                del hooks[hook_id]
+                unet._forward_pre_hooks_with_kwargs.pop(hook_id, None)
     if isinstance(unet.__dict__.get(_SET_DEFAULT), _SetDefaultAttnProcessor):
         del unet.__dict__[_SET_DEFAULT]
     for module in unet.modules():
         registry = getattr(module, "_diffusers_hook", None)
         if registry is not None and registry.get_hook(_FEED_FORWARD_HOOK) is not None:
-            registry.remove_hook(_FEED_FORWARD_HOOK, recurse=False)
+            remove_hook(module, _FEED_FORWARD_HOOK)
 
 
 def _take_off(unet: UNet2DConditionModel, installation: _Installation) -> None:
     """Undo one installation: its hooks, and its processors where they still are (others are left alone)."""
     _INSTALLATIONS.pop(unet, None)
-    if isinstance(unet.__dict__.get(_SET_DEFAULT), _SetDefaultAttnProcessor):
-        del unet.__dict__[_SET_DEFAULT]
-    _unhook(installation)
+    installation.unhook(unet)
     _set_processors(unet, lambda name, p: installation.originals[name] if _is_ours(p, installation) else p)
-
-
-def _unhook(installation: _Installation) -> None:
-    for module, name in installation.hooked:
-        module._diffusers_hook.remove_hook(name, recurse=False)
-    if installation.context.prompts is not None:
-        installation.context.prompts.uninstall()
-    if installation.pre_hook is not None:
-        installation.pre_hook.remove()
 
 
 def _retire_if_replaced(unet: torch.nn.Module, installation: _Installation) -> bool:

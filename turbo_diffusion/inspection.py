@@ -21,9 +21,8 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from .core import MergePlan
-from .hooks import find_unet, turbo_config_of
+from .hooks import find_unet, turbo_contexts
 from .levels import Level
-from .processor import TurboProcessor
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,7 +73,7 @@ class _Recorder:
         merged = torch.zeros(batch, h * w, dtype=torch.bool).scatter_(1, positions, True)
         nan = torch.full((batch, h * w), float("nan"))
         redundancy, semantic, degree = nan.clone(), nan.clone(), nan.clone()
-        scores = plan.scores
+        scores = plan.scores if not reused else None  # a reused plan was scored at an earlier step
         if scores is not None:
             src = scores.partition.src.cpu()
             redundancy[:, src] = scores.redundancy.detach().float().cpu()
@@ -101,19 +100,18 @@ def inspect_plans(model: Any) -> Iterator[list[PlanRecord]]:
         ValueError: when no Turbo processor is installed on ``model``.
     """
     unet = find_unet(model)
-    turbo_config_of(unet)  # first settles processors another call replaced or re-created (see hooks)
-    contexts = {id(p.context): p.context for p in unet.attn_processors.values() if isinstance(p, TurboProcessor)}
+    contexts = turbo_contexts(unet)
     if not contexts:
         raise ValueError("inspect_plans needs Turbo on this model: apply_turbo(model, ...) first")
     names = {module: name for name, module in unet.named_modules() if isinstance(module, Attention)}
     recorder = _Recorder(names)
     # Counts UNet calls for every route (the bare processor has no UNet hook of its own).
     handle = unet.register_forward_pre_hook(lambda module, args: recorder.start_call())
-    for context in contexts.values():
+    for context in contexts:
         context.recorder = recorder
     try:
         yield recorder.records
     finally:
         handle.remove()
-        for context in contexts.values():
+        for context in contexts:
             context.recorder = None

@@ -24,20 +24,11 @@ from torch.profiler import record_function
 
 from .config import TurboConfig, resolve_config
 from .context import TurboContext
-from .core import (
-    MergePlan,
-    global_query_attention,
-    merged_count,
-    partition_tokens,
-    plan_merge,
-    seeded_offsets,
-    window_count,
-    window_grid,
-)
+from .core import MergePlan, global_query_attention, merged_count, plan_merge, window_count
 from .kernels import attention, attention_with_text_mass, resolve_backend, xformers_available
-from .levels import Level, locate_from_reference, locate_level
+from .levels import Level
 from .prompts import fallback_content
-from .state import BlockState, ThreadLocal
+from .state import BlockMemory, BlockState, CallState, LayerMemory
 
 # torch.profiler labels of the merged self-attention path (`turbo-diffusion bench` splits a step's time by them).
 PROFILE_PLAN = "turbo::plan"
@@ -69,21 +60,18 @@ class TurboProcessor:
         self.made_without_arguments = config is None and not fields
         config = resolve_config(config, **fields)
         check_backend(config)
-        self._setup(TurboContext(config), inner=None, memory=None, name=None)
+        self._setup(TurboContext(config), inner=None, memory=LayerMemory(), name=None)
 
     @classmethod
-    def _installed(
-        cls, context: TurboContext, inner: Any, memory: ThreadLocal[BlockState], name: str
-    ) -> TurboProcessor:
+    def _installed(cls, context: TurboContext, inner: Any, memory: BlockMemory, name: str) -> TurboProcessor:
         """The processor `apply_turbo` puts on one layer: it passes through to ``inner`` (the layer's previous
-        processor) and shares ``memory`` with the other components of its transformer block."""
+        processor) and keeps its block's state in ``memory``, shared with the block's other components."""
         processor = cls.__new__(cls)
         processor.made_without_arguments = False
         processor._setup(context, inner, memory, name)
         return processor
 
-    def _setup(self, context: TurboContext, inner: Any, memory: ThreadLocal[BlockState] | None,
-               name: str | None) -> None:
+    def _setup(self, context: TurboContext, inner: Any, memory: BlockMemory | LayerMemory, name: str | None) -> None:
         cfg = context.config
         self.config = cfg
         self.context = context
@@ -91,10 +79,12 @@ class TurboProcessor:
         self.memory = memory
         self.name = name
         self._records_text_mass = cfg.semantic == "text" and cfg.alpha > 0
-        # Who uses the block's plan after its self-attention, and who is the last to (and then drops it).
-        self._plan_readers = cfg.merge_crossattn or self._records_text_mass or (context.hooked and cfg.merge_mlp)
-        self._cross_attention_drops_plan = not (context.hooked and cfg.merge_mlp)
         self._defaults: dict[str, Any] = {}
+
+    @property
+    def _plan_readers(self) -> bool:
+        """Whether a component after self-attention uses the block's plan (cross-attention, feed-forward)."""
+        return self.config.merge_crossattn or self._records_text_mass or self.context.feed_forward_merges
 
     def __call__(
         self,
@@ -126,10 +116,18 @@ class TurboProcessor:
             self.context.warn_once("self_attention_mask", "self-attention with an attention mask is not merged")
         if not (merges_here or self._plan_readers):
             return None  # nothing in this block merges: no plan is paid for
-        level = self._level(attn, x.shape[1])
-        plan = self._plan(attn, x, level) if level is not None else None
+        call = self.context.call()
+        level = call.level(attn, x.shape[1])
+        if level is not None and level.one_dimensional:
+            self.context.warn_once(
+                "one_dimensional",
+                f"TurboProcessor without apply_turbo cannot tell the grid of {x.shape[1]} tokens (non-square "
+                "latent); merging in 1-D windows of consecutive tokens. Use apply_turbo(...) for exact 2-D windows.",
+            )
+        state = call.current = self.memory.state(call, attn)
+        plan = self._plan(attn, x, level, call, state) if level is not None else None
         if self._plan_readers:
-            self._block_state(attn).plan = plan
+            state.plan = plan
         if plan is None or not merges_here:
             return None
         if self.config.mode == "kv":
@@ -149,109 +147,87 @@ class TurboProcessor:
     def _cross_attention(
         self, attn: Attention, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor | None:
-        state = self._block_state(attn, cross=True)
+        call = self.context.call()
+        state = call.current
         plan = state.plan if state is not None else None
         if plan is None or not plan.matches(x):
             return None
-        if self._cross_attention_drops_plan:
+        if not self.context.feed_forward_merges:
             state.plan = None  # the block's last use of it
         merge = self.config.merge_crossattn
         queries = plan.merge(x) if merge else x
         if attn.norm_cross:
             text = attn.norm_encoder_hidden_states(text)
         if self._records_text_mass:
-            content = self._content_mask(x.shape[0], text.shape[1], x.device)
+            content = self._content_mask(call, x.shape[0], text.shape[1], x.device)
             y, mass = attend_with_text_mass(attn, queries, text, content, mask=mask)
-            state.keep("text_mass", plan.restore(mass.unsqueeze(-1)).squeeze(-1) if merge else mass)
+            _keep(state, "text_mass", plan.restore(mass.unsqueeze(-1)).squeeze(-1) if merge else mass)
         else:
             y = attend(attn, queries, kv_states=text, mask=mask, backend=self._backend(x))
         return _finish(attn, plan.restore(y) if merge else y, x)
 
-    # -- where, and which plan -----------------------------------------------------------------------------
-    def _level(self, attn: Attention, num_tokens: int) -> Level | None:
-        cfg, context = self.config, self.context
-        if context.hooked:
-            latent_hw = context.calls.get().latent_hw
-            if latent_hw is None:  # called outside a UNet call (unet.forward bypasses module hooks)
-                return None
-            return locate_level(latent_hw, num_tokens, context.max_downsample, cfg.sx, cfg.sy)
-        call = context.bare_calls.get()
-        call.see_layer(attn, num_tokens)
-        level = locate_from_reference(call.reference_tokens, num_tokens, context.max_downsample, cfg.sx, cfg.sy)
-        if level is not None and level.one_dimensional:
-            context.warn_once(
-                "one_dimensional",
-                f"TurboProcessor without apply_turbo cannot tell the grid of {num_tokens} tokens (non-square "
-                "latent); merging in 1-D windows of consecutive tokens. Use apply_turbo(...) for exact 2-D windows.",
-            )
-        return level
-
-    def _block_state(self, attn: Attention, cross: bool = False) -> BlockState | None:
-        """This block's state in this thread: the installed memory, or (bare route) the one of ``attn``'s block,
-        which for cross-attention is the block whose self-attention ran last."""
-        if self.memory is not None:
-            return self.memory.get()
-        call = self.context.bare_calls.get()
-        return call.current if cross else call.block(attn)
-
-    def _plan(self, attn: Attention, x: torch.Tensor, level: Level) -> MergePlan | None:
-        """This block's plan for this UNet call: made afresh, or reused within ``plan_every`` calls."""
+    # -- which plan ------------------------------------------------------------------------------------------
+    def _plan(self, attn: Attention, x: torch.Tensor, level: Level, call: CallState,
+              state: BlockState) -> MergePlan | None:
+        """This block's plan for this UNet call: made afresh, or, under ``plan_every``, the one this block made
+        at the generation's last planning call."""
         cfg = self.config
-        num_tokens = x.shape[1]
         num_dst = window_count(level.height, level.width, level.sx, level.sy)
-        num_merge = merged_count(num_tokens, num_dst, cfg.ratio)
+        num_merge = merged_count(x.shape[1], num_dst, cfg.ratio)
         if num_merge == 0:
             return None
         reused = False
         with _phase(PROFILE_PLAN):
-            state = self._block_state(attn) if cfg.plan_every > 1 else None
-            saved = state.saved if state is not None else None
-            if saved is None or saved[3].shape != (x.shape[0], num_tokens):
-                plan = self._new_plan(attn, x, level, num_merge)  # every step, or nothing saved to reuse yet
+            if cfg.plan_every == 1:
+                plan = self._new_plan(attn, x, level, num_merge, call, state)
             elif torch.compiler.is_compiling():
-                # Both branches return new tensors with the same shapes and strides, as torch.cond requires.
-                indices = torch.cond(
-                    self._clock().planning_due(cfg.plan_every),
-                    lambda x: tuple(map(_dense_copy, self._new_plan(attn, x, level, num_merge).indices())),
-                    lambda x: tuple(map(_dense_copy, saved)),
-                    (x,),
-                )
-                plan = MergePlan.from_indices(indices, num_tokens, num_dst)
-            elif self._clock().is_planning_step(cfg.plan_every):
-                plan = self._new_plan(attn, x, level, num_merge)
+                plan = self._plan_in_graph(attn, x, level, num_merge, call, state)
+            elif call.planning or not _reusable(state, call, x, num_merge):
+                plan = self._new_plan(attn, x, level, num_merge, call, state)
+                if call.generation is not None:
+                    state.saved, state.saved_in = plan, call.generation.serial
             else:
-                plan, reused = MergePlan.from_indices(saved, num_tokens, num_dst), True
-            if state is not None:
-                state.keep("saved", plan.indices())
+                plan, reused = state.saved, True
         if self.context.recorder is not None:
             self.context.recorder.add(self.name or attn, level, plan, reused)
         return plan
 
-    def _new_plan(self, attn: Attention, x: torch.Tensor, level: Level, num_merge: int) -> MergePlan:
-        """Partition, score and select: a fresh merge plan of this block for this UNet call."""
+    def _plan_in_graph(self, attn: Attention, x: torch.Tensor, level: Level, num_merge: int, call: CallState,
+                       state: BlockState) -> MergePlan:
+        """`_plan` inside a compiled graph: the plan is made at every call (fused into the graph's kernels) and the
+        clock's flag selects it or the block's stored one, which the result then replaces. A select, not a branch:
+        one graph for every step, no host read of a device value, and nothing that CUDA graphs cannot capture."""
+        plan = self._new_plan(attn, x, level, num_merge, call, state)
+        storage = state.storage
+        if storage is None or any(kept.shape != new.shape for kept, new in zip(storage, plan.indices(), strict=True)):
+            return plan  # no storage of these shapes (bare route): nothing to reuse
+        indices = tuple(torch.where(call.planning_flag, new, kept)
+                        for new, kept in zip(plan.indices(), storage, strict=True))
+        for kept, chosen in zip(storage, indices, strict=True):
+            kept.copy_(chosen)
+        return MergePlan.from_indices(indices, plan.num_tokens, plan.num_dst)
+
+    def _new_plan(self, attn: Attention, x: torch.Tensor, level: Level, num_merge: int, call: CallState,
+                  state: BlockState) -> MergePlan:
+        """Score and select on this call's partition of the grid: a fresh merge plan of this block."""
         cfg = self.config
-        grid = window_grid(level.height, level.width, level.sx, level.sy, cfg.match_radius, str(x.device))
-        offsets = seeded_offsets(grid, cfg.seed, self._timestep()) if cfg.use_rand else None
-        semantic = self._semantic_value(attn, x) if cfg.semantic != "none" and cfg.alpha > 0 else None
-        plan = plan_merge(x, partition_tokens(grid, offsets), num_merge, semantic, cfg.alpha)
+        semantic = self._semantic_value(attn, x, call, state) if cfg.semantic != "none" and cfg.alpha > 0 else None
+        plan = plan_merge(x, call.partition(level, x.device), num_merge, semantic, cfg.alpha)
         assert plan is not None  # num_merge > 0 and every window has sources
         return plan
 
-    def _semantic_value(self, attn: Attention, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N)`` semantic value in [0, 1]: last step's text mass when asked and known, else attention
-        received from the mean query."""
-        received = _attention_received(attn, x)
-        if not self._records_text_mass:
-            return received
-        mass = self._block_state(attn).text_mass
-        if mass is None or mass.shape != received.shape:
-            return received
-        if self.context.hooked:  # the first step of a generation has no previous step
-            return torch.where(self.context.calls.get().has_previous_step(), mass.to(x.dtype), received)
-        return mass.to(x.dtype)
+    def _semantic_value(self, attn: Attention, x: torch.Tensor, call: CallState, state: BlockState) -> torch.Tensor:
+        """``(B, N)`` semantic value in [0, 1]: this generation's last step's text mass when asked and known, else
+        attention received from the mean query."""
+        mass = state.text_mass if self._records_text_mass else None
+        if mass is None or mass.shape != x.shape[:2]:
+            return _attention_received(attn, x)
+        if torch.compiler.is_compiling():  # one graph for every step: the clock's flag picks
+            return torch.where(call.previous_flag, mass.to(x.dtype), _attention_received(attn, x))
+        return mass.to(x.dtype) if call.previous else _attention_received(attn, x)
 
-    def _content_mask(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
-        mask = self.context.calls.get().content_mask if self.context.hooked else None
+    def _content_mask(self, call: CallState, batch: int, length: int, device: torch.device) -> torch.Tensor:
+        mask = call.content_mask(batch)
         if mask is not None and mask.shape == (batch, length):
             return mask
         if mask is not None:
@@ -261,12 +237,6 @@ class TurboProcessor:
                 "counting every token but the start token",
             )
         return fallback_content(batch, length, device)
-
-    def _clock(self):
-        return self.context.calls.get() if self.context.hooked else self.context.bare_calls.get()
-
-    def _timestep(self) -> torch.Tensor | None:
-        return self.context.calls.get().timestep if self.context.hooked else None
 
     def _backend(self, x: torch.Tensor) -> str:
         return resolve_backend(self.config.backend, x.device)
@@ -372,14 +342,29 @@ def _finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch
     return out / attn.rescale_output_factor
 
 
-def _dense_copy(t: torch.Tensor) -> torch.Tensor:
-    """A copy with row-major strides (``contiguous()`` may keep odd strides on size-1 dimensions)."""
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
-
-
 def _phase(label: str):
-    """A torch.profiler label in eager mode; nothing inside a compiled graph (dynamo would drop it, noisily)."""
-    return nullcontext() if torch.compiler.is_compiling() else record_function(label)
+    """A torch.profiler label while a profiler runs in eager mode; otherwise nothing (a label costs two
+    operations, and inside a compiled graph dynamo would drop it, noisily)."""
+    if torch.compiler.is_compiling() or not torch.autograd.profiler._is_profiler_enabled:
+        return nullcontext()
+    return record_function(label)
+
+
+def _reusable(state: BlockState, call: CallState, x: torch.Tensor, num_merge: int) -> bool:
+    """Whether ``state`` holds a plan this generation made for tensors like ``x`` (eager mode)."""
+    saved, generation = state.saved, call.generation
+    return (saved is not None and generation is not None and state.saved_in == generation.serial
+            and saved.matches(x) and saved.num_merged == num_merge)
+
+
+def _keep(state: BlockState, name: str, value: torch.Tensor) -> None:
+    """Store ``value`` as ``state.<name>``: copied into the existing storage when the shapes agree (compiled graphs
+    then mutate a static input instead of growing Python state), else assigned."""
+    current, value = getattr(state, name), value.detach()
+    if current is not None and current.shape == value.shape:
+        current.copy_(value)
+    else:
+        setattr(state, name, value)
 
 
 def _is_plain_token_attention(attn: Attention, hidden_states: torch.Tensor) -> bool:

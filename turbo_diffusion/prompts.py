@@ -5,8 +5,10 @@ runs the text encoder. `PromptRecorder` watches both: a hook on the text encoder
 calls made *inside* ``encode_prompt``, and a wrapper around ``encode_prompt`` (an instance attribute on the
 pipeline, removed with Turbo) reads its arguments to tell which ids are the prompt's and which the negative's.
 Each ``encode_prompt`` call replaces the previous one's record, so nothing queues up, and a prompt handed over as
-embeddings (``prompt_embeds=``) is marked unknown rather than matched to some earlier prompt's ids.
-`content_mask` then lays the record out over the UNet batch.
+embeddings (``prompt_embeds=``) is marked unknown rather than matched to some earlier prompt's ids. The record
+belongs to the pipeline call that made it: the generation that call opens takes it (`PromptRecorder.take`), so
+no later call, of this pipeline or another sharing its UNet, ever reads it. `content_mask` then lays the record
+out over the UNet batch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
+
+from .module_hooks import register_hook, remove_hook
 
 TEXT_ENCODER_HOOK = "turbo_diffusion_text_encoder"
 
@@ -33,12 +37,14 @@ class EncodedPrompt:
         negative: ``(n, L)`` token ids of the negative prompts, or ``None`` (unknown, or ``negative_zeroed``).
         negative_zeroed: the negative embeddings are zeros (SDXL's empty negative prompt): no content tokens.
         guidance: classifier-free guidance, so the UNet batch is ``[negative, prompt]``.
+        special_ids: the tokenizer's start, end and padding ids (not content).
     """
 
     prompt: torch.Tensor | None
     negative: torch.Tensor | None = None
     negative_zeroed: bool = False
     guidance: bool = True
+    special_ids: tuple[int, ...] = ()
 
 
 def fallback_content(batch: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -48,9 +54,11 @@ def fallback_content(batch: int, length: int, device: torch.device | str = "cpu"
     return mask
 
 
-def content_mask(encoded: EncodedPrompt | None, batch: int, special_ids: tuple[int, ...]) -> torch.Tensor | None:
+def content_mask(encoded: EncodedPrompt | None, batch: int,
+                 special_ids: tuple[int, ...] | None = None) -> torch.Tensor | None:
     """``(B, L)`` bool on the CPU, True for content tokens, laid out as diffusers stacks the UNet batch:
-    ``[negative, prompt]`` under guidance, each prompt repeated ``num_images_per_prompt`` times.
+    ``[negative, prompt]`` under guidance, each prompt repeated ``num_images_per_prompt`` times. ``special_ids``
+    defaults to the record's own.
 
     Halves whose ids are unknown get `fallback_content` rows. Returns ``None`` when the record cannot be laid out
     over ``batch`` (it belongs to another batch) or nothing is known at all.
@@ -62,7 +70,7 @@ def content_mask(encoded: EncodedPrompt | None, batch: int, special_ids: tuple[i
     halves_count = 2 if encoded.guidance else 1
     if not known or batch % (halves_count * rows) or any(ids.shape != (rows, length) for ids in known):
         return None
-    special = torch.tensor(special_ids, dtype=torch.long)
+    special = torch.tensor(encoded.special_ids if special_ids is None else special_ids, dtype=torch.long)
 
     def mask_of(ids: torch.Tensor | None, zeroed: bool = False) -> torch.Tensor:
         if zeroed:
@@ -117,8 +125,13 @@ class PromptRecorder:
         return cls(pipe, encoder, tuple(sorted(int(i) for i in special if i is not None)))
 
     def latest(self) -> EncodedPrompt | None:
-        """This thread's last ``encode_prompt`` record, or ``None``."""
+        """This thread's last ``encode_prompt`` record not yet taken, or ``None``."""
         return getattr(self._local, "latest", None)
+
+    def take(self) -> EncodedPrompt | None:
+        """`latest`, which from now on belongs to the caller (the generation of the pipeline call that made it)."""
+        latest, self._local.latest = self.latest(), None
+        return latest
 
     def install(self) -> None:
         pipe, encoder = self._pipe(), self._encoder()
@@ -132,9 +145,9 @@ class PromptRecorder:
                 return original(*args, **kwargs)
             finally:
                 recorded, self._local.recording = self._local.recording, None
-                self._local.latest = _interpret(signature, args, kwargs, recorded)
+                self._local.latest = _interpret(signature, args, kwargs, recorded, self.special_ids)
 
-        HookRegistry.check_if_exists_or_initialize(encoder).register_hook(_TextEncoderHook(self), self._hook_name)
+        register_hook(encoder, _TextEncoderHook(self), self._hook_name)
         pipe.encode_prompt = encode_prompt
         self._wrapper = weakref.ref(encode_prompt)
 
@@ -143,7 +156,7 @@ class PromptRecorder:
             return
         pipe, encoder, wrapper = self._pipe(), self._encoder(), self._wrapper()
         if encoder is not None:
-            encoder._diffusers_hook.remove_hook(self._hook_name, recurse=False)
+            remove_hook(encoder, self._hook_name)
         if pipe is not None and wrapper is not None and pipe.__dict__.get("encode_prompt") is wrapper:
             del pipe.encode_prompt
         self._wrapper = None
@@ -154,7 +167,8 @@ class PromptRecorder:
             recording.append(ids.detach().to("cpu"))
 
 
-def _interpret(signature: inspect.Signature, args: tuple, kwargs: dict, recorded: list) -> EncodedPrompt:
+def _interpret(signature: inspect.Signature, args: tuple, kwargs: dict, recorded: list,
+               special_ids: tuple[int, ...]) -> EncodedPrompt:
     """Assign the ids recorded during one ``encode_prompt`` call to its prompt and negative prompt.
 
     diffusers encodes the prompt unless ``prompt_embeds`` is given, then, under guidance, the negative prompt
@@ -162,7 +176,7 @@ def _interpret(signature: inspect.Signature, args: tuple, kwargs: dict, recorded
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError:
-        return EncodedPrompt(None, guidance=True)
+        return EncodedPrompt(None, guidance=True, special_ids=special_ids)
     bound.apply_defaults()
     arguments = bound.arguments
     guidance = bool(arguments.get("do_classifier_free_guidance", True))
@@ -174,4 +188,4 @@ def _interpret(signature: inspect.Signature, args: tuple, kwargs: dict, recorded
             negative = pending.pop(0)
         else:
             zeroed = True
-    return EncodedPrompt(prompt, negative, zeroed, guidance)
+    return EncodedPrompt(prompt, negative, zeroed, guidance, special_ids)
