@@ -325,7 +325,7 @@ def _attention_received(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     """Semantic value ``"attention"``: ``(B, N)`` attention each token receives from the layer's mean query."""
     with torch.no_grad():
         heads = attn.heads
-        query_mean = attn.to_q(x.mean(dim=1, keepdim=True)).view(x.shape[0], heads, -1)
+        query_mean = attn.to_q(x.mean(dim=1)).view(x.shape[0], heads, -1)
         if attn.norm_q is None and attn.norm_k is None and type(attn.to_k) is torch.nn.Linear:
             return global_query_attention(x, query_mean, attn.scale, key_weight=attn.to_k.weight)
         # Normalised or adapted keys (LoRA, quantised layers): compute them, O(N * C^2).

@@ -305,7 +305,9 @@ def _timestep_tensor(timestep: object, device: torch.device) -> torch.Tensor | N
     if isinstance(timestep, torch.Tensor):
         if timestep.numel() == 0:
             return None
-        return timestep.detach().reshape(-1)[:1].to(device=device, dtype=torch.float32)
+        first = timestep.reshape(1) if timestep.numel() == 1 else timestep.reshape(-1)[:1]
+        return first.detach().to(device=device, dtype=torch.float32) if first.requires_grad else \
+            first.to(device=device, dtype=torch.float32)
     if isinstance(timestep, (int, float)):
         return torch.full((1,), float(timestep), dtype=torch.float32, device=device)
     return None

@@ -54,10 +54,12 @@ class OpCounter(TorchDispatchMode):
 
 
 def _to_host(args: tuple, kwargs: dict) -> bool:
-    """A copy whose target is the CPU: a device-to-host read (on a CPU-only machine it shows as a CPU-to-CPU
-    copy with an explicit device, which Turbo never needs either)."""
+    """A copy from a device to the CPU. (On a CPU-only machine no tensor is on a device, so such copies cannot
+    show there; ``.item()``, ``bool(t)`` and ``nonzero``, the usual host reads, do.)"""
     device = kwargs.get("device")
-    return device is not None and torch.device(device).type == "cpu"
+    source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    return (device is not None and torch.device(device).type == "cpu" and source is not None
+            and source.device.type != "cpu")
 
 
 def count_ops(fn, *args, **kwargs) -> OpCounter:

@@ -21,7 +21,7 @@ The layout is built from shape-only ops (no ``nonzero``, no boolean indexing), s
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,6 +40,11 @@ class WindowGrid:
         leftover_window: ``(L,)`` home window of each leftover token (the nearest full window).
         neighbours: ``(Nw, K)`` windows within ``radius`` windows of each window (clamped at the border), or
             ``None`` when every window already sees every destination (global matching).
+        other_pos: ``(k, k - 1)`` position offsets of ``others`` (the sources' offsets for each destination
+            offset), and ``window_column`` ``(Nw, 1)`` the window bases as a column: with them a partition's
+            sources are one gather and one add.
+        neighbour_list: ``neighbours`` flattened, ``(Nw * K,)``; ``leftover_neighbours`` ``(L, K)`` the
+            neighbourhood of each leftover token's home window.
     """
 
     height: int
@@ -52,6 +57,10 @@ class WindowGrid:
     leftover: torch.Tensor
     leftover_window: torch.Tensor
     neighbours: torch.Tensor | None
+    other_pos: torch.Tensor
+    window_column: torch.Tensor
+    neighbour_list: torch.Tensor | None
+    leftover_neighbours: torch.Tensor | None
 
     @property
     def num_tokens(self) -> int:
@@ -117,9 +126,10 @@ def batch_rows(batch: int, device: torch.device) -> torch.Tensor:
     return shape_cached(("rows", batch, str(device)), lambda: torch.arange(batch, device=device)[:, None])
 
 
-def row_range(count: int, device: torch.device) -> torch.Tensor:
-    """``(count,)`` int64 ``arange``, cached per size and device."""
-    return shape_cached(("range", count, str(device)), lambda: torch.arange(count, device=device))
+def row_range(count: int, batch: int, device: torch.device) -> torch.Tensor:
+    """``(B, count)`` int64 ``arange(count)`` for every sample: a cached view (read only)."""
+    return shape_cached(("range", count, batch, str(device)),
+                        lambda: torch.arange(count, device=device).expand(batch, -1))
 
 
 def _build_window_grid(height: int, width: int, sx: int, sy: int, radius: int | None, device: str) -> WindowGrid:
@@ -156,7 +166,10 @@ def _build_window_grid(height: int, width: int, sx: int, sy: int, radius: int | 
         nc = (win_c[:, None, None] + d[None, None, :]).clamp(0, cols - 1)
         neighbours = (nr * cols + nc).flatten(1)
 
-    return WindowGrid(height, width, sx, sy, window_base, offset_pos, others, leftover, leftover_window, neighbours)
+    neighbour_list = neighbours.flatten() if neighbours is not None else None
+    leftover_neighbours = neighbours[leftover_window] if neighbours is not None else None
+    return WindowGrid(height, width, sx, sy, window_base, offset_pos, others, leftover, leftover_window, neighbours,
+                      offset_pos[others], window_base[:, None], neighbour_list, leftover_neighbours)
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,9 +182,9 @@ class Partition:
         dst: ``(Nw,)`` positions of the destinations, one per window, in window order (slot ``i`` is window ``i``).
         src: ``(Ns,)`` positions of the sources: first the ``k - 1`` sources of each full window, window by window,
             then the leftover tokens. That grouping is what makes neighbourhood matching a batched matmul.
-        candidates: ``(Nw, K)`` positions of the destinations each window's sources are compared with (the
-            destinations of ``grid.neighbours``), or ``None`` for global matching.
-        leftover_candidates: ``(L, K)`` the same for each leftover source, or ``None`` (global matching, or no
+        candidates: ``(Nw * K,)`` positions of the destinations each window's sources are compared with (the
+            destinations of ``grid.neighbours``, window after window), or ``None`` for global matching.
+        leftover_candidates: ``(L * K,)`` the same for each leftover source, or ``None`` (global matching, or no
             leftovers).
     """
 
@@ -180,6 +193,17 @@ class Partition:
     src: torch.Tensor
     candidates: torch.Tensor | None = None
     leftover_candidates: torch.Tensor | None = None
+    _dst_rows: dict = field(default_factory=dict, repr=False)
+
+    def dst_rows(self, batch: int) -> torch.Tensor:
+        """``(B, Nw)``: ``dst`` for every sample, a view made once per batch size (the blocks of a UNet call share
+        the partition, so it costs one operation per call instead of one per block)."""
+        rows = self._dst_rows.get(batch) if not torch.compiler.is_compiling() else None
+        if rows is None:
+            rows = self.dst.expand(batch, -1)
+            if not torch.compiler.is_compiling():
+                self._dst_rows[batch] = rows
+        return rows
 
     @property
     def num_grouped(self) -> int:
@@ -209,16 +233,15 @@ def partition_tokens(grid: WindowGrid, offsets: torch.Tensor | None = None) -> P
     """
     if offsets is None:
         dst = grid.window_base.clone()  # never the cached tensor itself: a write into it would corrupt the cache
-        src_offsets = grid.others[0].expand(grid.num_windows, -1)
+        src = (grid.window_column + grid.other_pos[0]).flatten()
     else:
         dst = grid.window_base + grid.offset_pos[offsets]
-        src_offsets = grid.others[offsets]
-    src = (grid.window_base[:, None] + grid.offset_pos[src_offsets]).flatten()
+        src = (grid.window_column + grid.other_pos[offsets]).flatten()
     if grid.leftover.shape[0]:
         src = torch.cat([src, grid.leftover])
     candidates = leftover_candidates = None
     if grid.neighbours is not None:
-        candidates = dst[grid.neighbours]
+        candidates = dst[grid.neighbour_list]
         if grid.leftover.shape[0]:
-            leftover_candidates = candidates[grid.leftover_window]
+            leftover_candidates = dst[grid.leftover_neighbours.flatten()]
     return Partition(grid, dst, src, candidates, leftover_candidates)

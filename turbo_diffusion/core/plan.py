@@ -180,19 +180,20 @@ def plan_merge(
         degree = information_degree(redundancy, semantic_src, alpha)
         chosen = degree.topk(r, dim=-1, sorted=False).indices  # (B, r) indices into src
 
-        # A stable sort of the chosen flags lists the unmerged sources first, in partition order.
-        flags = torch.zeros(batch, num_src, dtype=torch.uint8, device=device).scatter_(1, chosen, 1)
+        # A stable sort of the chosen flags lists the unmerged sources first, in partition order. (Out-of-place
+        # scatters into cached constant views: one operation each instead of an allocation and a scatter.)
+        flags = _constant(0, batch, num_src, torch.uint8, device).scatter(1, chosen, 1)
         kept_src = flags.argsort(dim=1, stable=True)[:, : num_src - r]
-        kept_positions = torch.cat([dst.expand(batch, -1), src[kept_src]], dim=1)  # (B, N - r)
+        kept_positions = torch.cat([partition.dst_rows(batch), src[kept_src]], dim=1)  # (B, N - r)
         merged_positions = src[chosen]
         merged_rows = match.gather(1, chosen)
 
-        restore_rows = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
-        restore_rows.scatter_(1, kept_positions, row_range(num_tokens - r, device).expand(batch, -1))
+        restore_rows = _constant(0, batch, num_tokens, torch.long, device).scatter(
+            1, kept_positions, row_range(num_tokens - r, batch, device))
         restore_rows.scatter_(1, merged_positions, merged_rows)
         # A row's size is the number of positions that read it back (exact: small integers in float32).
-        sizes = torch.zeros(batch, num_tokens - r, dtype=torch.float32, device=device)
-        sizes.scatter_add_(1, restore_rows, _ones(batch, num_tokens, device))
+        sizes = _constant(0, batch, num_tokens - r, torch.float32, device).scatter_add(
+            1, restore_rows, _constant(1, batch, num_tokens, torch.float32, device))
 
     return MergePlan(
         num_tokens=num_tokens,
@@ -206,6 +207,8 @@ def plan_merge(
     )
 
 
-def _ones(batch: int, count: int, device: torch.device) -> torch.Tensor:
-    """``(B, count)`` float32 ones: a read-only view of one cached row."""
-    return shape_cached(("ones", count, str(device)), lambda: torch.ones(count, device=device)).expand(batch, -1)
+def _constant(value: int, batch: int, count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(B, count)`` filled with ``value``: a cached read-only view of one element (out-of-place ops on it write
+    into new memory)."""
+    return shape_cached(("constant", value, batch, count, dtype, str(device)),
+                        lambda: torch.full((1, 1), value, dtype=dtype, device=device).expand(batch, count))

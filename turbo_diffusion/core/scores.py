@@ -48,15 +48,15 @@ def mutual_redundancy(metric: torch.Tensor, partition: Partition) -> tuple[torch
     # Sources grouped by window, (B * Nw, k - 1, C), against their windows' candidate destinations (B * Nw, K, C):
     # one batched matmul. The candidates are gathered straight from x by position.
     a = x.index_select(1, partition.src[:g] if g < partition.src.shape[0] else partition.src)
-    cand = x.index_select(1, partition.candidates.flatten()).view(batch * nw, -1, channels)
+    cand = x.index_select(1, partition.candidates).view(batch * nw, -1, channels)
     red, arg = torch.bmm(a.view(batch * nw, k - 1, channels), cand.transpose(1, 2)).max(dim=-1)
     match = _repeated_neighbours(grid, batch).gather(1, arg).view(batch, g)
     if partition.leftover_candidates is None:
         return red.view(batch, g), match
     left = x.index_select(1, grid.leftover)
-    cand = x.index_select(1, partition.leftover_candidates.flatten()).view(batch, left.shape[1], -1, channels)
+    cand = x.index_select(1, partition.leftover_candidates).view(batch, left.shape[1], -1, channels)
     left_red, left_arg = (cand @ left.unsqueeze(-1)).squeeze(-1).max(dim=-1)
-    left_match = grid.neighbours[grid.leftover_window].expand(batch, -1, -1).gather(2, left_arg.unsqueeze(-1))
+    left_match = grid.leftover_neighbours.expand(batch, -1, -1).gather(2, left_arg.unsqueeze(-1))
     return (torch.cat([red.view(batch, g), left_red], dim=1),
             torch.cat([match, left_match.squeeze(-1)], dim=1))
 
@@ -100,12 +100,12 @@ def global_query_attention(
         # (H, B, d) @ (H, d, C) -> (H, B, C): the mean query folded into the key projection, head by head (a
         # broadcast matmul would copy W_k once per sample).
         weight = key_weight.view(heads, head_dim, -1).to(query_mean.dtype)
-        folded = torch.bmm(query_mean.transpose(0, 1), weight).transpose(0, 1)
+        folded = torch.bmm(query_mean.transpose(0, 1), weight).permute(1, 2, 0)  # (B, C, H)
     else:
         # Block-diagonal fold of the explicit keys: logits_h = keys[..., h] . qbar_h.
         eye = torch.eye(heads, dtype=query_mean.dtype, device=query_mean.device)
-        folded = (eye[None, :, :, None] * query_mean[:, None, :, :]).flatten(2)  # (B, H, H * d)
-    logits = torch.bmm(tokens, folded.transpose(1, 2))  # (B, N, H)
+        folded = (eye[None, :, :, None] * query_mean[:, None, :, :]).flatten(2).transpose(1, 2)  # (B, H * d, H)
+    logits = torch.bmm(tokens, folded)  # (B, N, H)
     received = torch.softmax(logits.float() * scale, dim=1).mean(dim=-1)
     return normalize_semantic(received).to(tokens.dtype)
 
