@@ -59,7 +59,8 @@ def generate(pipe, **kwargs):
         kwargs.setdefault("mask_image", mask)
     if not isinstance(pipe, StableDiffusionImg2ImgPipeline):
         kwargs = SIZE | kwargs
-    return pipe("a red cat", num_inference_steps=2, generator=torch.manual_seed(0), output_type="np", **kwargs).images
+    kwargs.setdefault("num_inference_steps", 2)
+    return pipe("a red cat", generator=torch.manual_seed(0), output_type="np", **kwargs).images
 
 
 CASES = [

@@ -5,7 +5,9 @@
     image = pipe("a photo of a corgi").images[0]
 
 Each class subclasses the diffusers pipeline and adds one optional constructor argument, ``turbo`` (a
-`TurboConfig`, a dict of its fields, ``None`` for the default config, or ``False`` for none). Every way diffusers
+`TurboConfig`, a dict of its fields, ``None`` for the default config, or ``False`` for none). A pipeline built on a
+UNet that already merges (``from_pipe`` of a Turbo pipeline shares its UNet) keeps that UNet's config when
+``turbo`` is ``None``, and both pipelines keep their own generations. Every way diffusers
 builds a pipeline (``from_pretrained``, ``from_pipe``, ``DiffusionPipeline.from_pretrained(...,
 custom_pipeline=...)``) goes through the constructor, so all of them install Turbo. ``save_pretrained`` writes
 ``turbo_config.json`` beside ``model_index.json``, which keeps the plain diffusers class name, so the folder
@@ -14,12 +16,13 @@ still loads with ``StableDiffusionPipeline`` or ``DiffusionPipeline``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
 import os
-import tempfile
 import typing
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -48,8 +51,11 @@ class TurboPipelineMixin:
     _turbo_pending: TurboConfig | None = None
 
     def _init_turbo(self, turbo: TurboArg) -> None:
-        if turbo is not False:
-            self.enable_turbo(resolve_config(None if turbo is True else turbo))
+        if turbo is False:
+            return
+        # A UNet that already merges (this pipeline shares it: from_pipe) keeps its config unless one is given.
+        shared = turbo_config_of(self) if turbo is None and getattr(self, "unet", None) is not None else None
+        self.enable_turbo(shared if shared is not None else resolve_config(None if turbo is True else turbo))
 
     @property
     def turbo_config(self) -> TurboConfig | None:
@@ -146,8 +152,9 @@ class TurboPipelineMixin:
         config_path = os.path.join(save_directory, TURBO_CONFIG_NAME)
         if self.turbo_config is not None:
             _write_json_atomically(config_path, self.turbo_config.to_dict())
-        elif os.path.exists(config_path):
-            os.remove(config_path)
+        else:
+            with contextlib.suppress(FileNotFoundError):  # absent, or a concurrent save removed it first
+                os.remove(config_path)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, turbo: TurboArg = None,
@@ -160,16 +167,20 @@ class TurboPipelineMixin:
 
 
 def _write_json_atomically(path: str, data: Any, sort_keys: bool = False) -> None:
-    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it over ``path``."""
+    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it over ``path``.
+
+    The temporary file is created with ``open(..., "x")``, so it gets the mode every new file gets under the
+    process's umask (usually 0644), as diffusers' own files do (``tempfile`` would make it 0600, and the rename
+    would keep that: other users could not load the folder)."""
     folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", suffix=".json", delete=False) as f:
-        temporary = f.name
+    temporary = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}.json")
     try:
-        with open(temporary, "w") as f:
+        with open(temporary, "x") as f:
             json.dump(data, f, indent=2, sort_keys=sort_keys)
         os.replace(temporary, path)
     except BaseException:
-        os.remove(temporary)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
         raise
 
 

@@ -30,6 +30,13 @@ from .levels import Level
 from .prompts import fallback_content
 from .state import BlockMemory, BlockState, CallState, LayerMemory
 
+_NO_GENERATION = (
+    "Turbo ({config}) keeps plans or text mass from one denoising step to the next only inside a generation: a "
+    "call of a pipeline Turbo was applied through (apply_turbo(pipe), a Turbo pipeline, also from_pipe siblings) "
+    "or a `with turbo_generation(unet):` block. This UNet call is outside one, so it plans afresh and reads no "
+    "previous step, as will every such call."
+)
+
 # torch.profiler labels of the merged self-attention path (`turbo-diffusion bench` splits a step's time by them).
 PROFILE_PLAN = "turbo::plan"
 PROFILE_MERGE = "turbo::merge"
@@ -79,6 +86,7 @@ class TurboProcessor:
         self.memory = memory
         self.name = name
         self._records_text_mass = cfg.semantic == "text" and cfg.alpha > 0
+        self._keeps_state = cfg.plan_every > 1 or self._records_text_mass  # from one step to the next
         self._defaults: dict[str, Any] = {}
 
     @property
@@ -125,6 +133,8 @@ class TurboProcessor:
                 "latent); merging in 1-D windows of consecutive tokens. Use apply_turbo(...) for exact 2-D windows.",
             )
         state = call.current = self.memory.state(call, attn)
+        if call.generation is None and self._keeps_state and not torch.compiler.is_compiling():
+            self.context.warn_once("no_generation", _NO_GENERATION.format(config=self.config))
         plan = self._plan(attn, x, level, call, state) if level is not None else None
         if self._plan_readers:
             state.plan = plan

@@ -107,6 +107,10 @@ def global_query_attention(
         folded = (eye[None, :, :, None] * query_mean[:, None, :, :]).flatten(2).transpose(1, 2)  # (B, H * d, H)
     logits = torch.bmm(tokens, folded)  # (B, N, H)
     received = torch.softmax(logits.float() * scale, dim=1).mean(dim=-1)
+    if received.shape[1] < 1 / _EPS:
+        # Each head's softmax sums to 1 over the N tokens, so the largest value is at least 1 / N > eps: the
+        # clamp of normalize_semantic cannot act, and dividing by the maximum alone gives the same numbers.
+        return (received / received.amax(dim=-1, keepdim=True)).to(tokens.dtype)
     return normalize_semantic(received).to(tokens.dtype)
 
 
