@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # One lease of a lent GPU (the device tool: 15 minutes in all, one command of at most 10), in one command:
 #   1. the CUDA tests (tests/test_cuda.py),
-#   2. the shapes model trained further on the GPU from the committed weights (train-shapes --init), then judged
-#      next to them (benchmarks/shapes_accuracy.py),
+#   2. a kernel profile of one compiled Turbo step (benchmarks/kernel_profile.py), with and without CUDA graphs,
 #   3. the benchmark table (benchmarks/gpu_table.py; xformers only where it runs),
 #   4. the rest of the suite with what time is left.
 # Each stage has its own timeout so that the results are always packed. The machine has torch but not diffusers:
 # carry the wheels in .whl (diffusers, tomesd, xformers, importlib_metadata; see the device README), e.g.
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
-# Results: $OUT (the device tool's folder) or outputs/gpu-session. TRAIN_MINUTES, POOL_SIZE, SUITE_ARGS (extra
+# Results: $OUT (the device tool's folder) or outputs/gpu-session. SUITE_ARGS (extra
 # pytest arguments) and BUDGET_S (seconds for the whole script) shorten a trial run.
 set -u
 OUT=${OUT:-outputs/gpu-session}
@@ -38,17 +37,13 @@ log "$(tr '\n' ' ' < /tmp/logs/gpu.txt)"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs > /tmp/logs/cuda_tests.log 2>&1
 log "cuda tests exit $?: $(grep -aE 'passed|failed|skipped' /tmp/logs/cuda_tests.log | tail -n 1)"
 
-# 2. Training, alone. In the first lease (2026-11-26) it ran beside the CUDA tests and the suite: its pool's 8
-# rendering processes drew 83 scenes/s while inductor compiled, 16/s beside the suite's workers, so 24000 scenes
-# took the whole 4 minutes and no UNet step was left. The uncontended rate is not known yet: a smaller pool.
-# Then the judge on both models.
-timeout 330 turbo-diffusion train-shapes --out /tmp/shapes-gpu --init turbo_diffusion/shapes/weights \
-    --steps 200000 --batch 128 --lr 3e-4 --pool-size "${POOL_SIZE:-12000}" --minutes "${TRAIN_MINUTES:-4}" \
-    --checkpoint-minutes 100 > /tmp/logs/train.log 2>&1
-log "training exit $?: $(grep -a 'exported\|stopped' /tmp/logs/train.log | tr '\n' ' ')"
-timeout 90 python3 benchmarks/shapes_accuracy.py turbo_diffusion/shapes/weights /tmp/shapes-gpu/pipeline \
-    --scenes 200 --json /tmp/logs/shapes_accuracy.json > /tmp/logs/shapes_accuracy.log 2>&1
-log "accuracy: $(grep -a '^{' /tmp/logs/shapes_accuracy.log | tr '\n' ' ')"
+# 2. Where a compiled Turbo step's GPU time goes: the top kernels, inductor's default mode and CUDA graphs.
+for mode in default reduce-overhead; do
+    extra=$([ "$mode" = reduce-overhead ] && echo "--mode reduce-overhead")
+    timeout 150 python3 benchmarks/kernel_profile.py --arch sd15-arch --size 512 $extra \
+        --out "/tmp/logs/kernel_profile_$mode.txt" > "/tmp/logs/kernel_profile_$mode.log" 2>&1
+    log "kernel profile ($mode) exit $?"
+done
 
 # 3. The benchmark table (the whole command must end inside the tool's 600 s; the suite gets what is left).
 left=$(( ${BUDGET_S:-575} - ($(date +%s) - started) ))
@@ -68,11 +63,7 @@ fi
 # Pack (the tool returns at most 8 files).
 cp /tmp/logs/summary.txt /tmp/logs/cuda_tests.log "$OUT"/ 2>/dev/null
 cp /tmp/bench/gpu_table.md "$OUT"/ 2>/dev/null
-tail -c 20000 /tmp/logs/train.log > /tmp/logs/train_tail.log 2>/dev/null
 tar czf "$OUT/logs.tgz" -C /tmp logs 2>/dev/null
 tar czf "$OUT/bench.tgz" -C /tmp bench 2>/dev/null
-if [ -d /tmp/shapes-gpu/pipeline ]; then
-    tar czf "$OUT/shapes_gpu_unet.tgz" -C /tmp/shapes-gpu/pipeline unet
-    tar czf "$OUT/shapes_gpu_rest.tgz" -C /tmp/shapes-gpu --exclude pipeline/unet pipeline $(cd /tmp/shapes-gpu && ls loss.jsonl samples 2>/dev/null)
-fi
+cp /tmp/logs/kernel_profile_*.txt "$OUT"/ 2>/dev/null
 log "done"

@@ -1,14 +1,16 @@
-"""The GPU benchmark table: SD 1.5 at 512 and 1024 px and SDXL at 1024 px in fp16, eager and compiled, on torch SDPA
-and on xformers, in one process (each architecture is built once), within a time budget.
+"""The GPU benchmark table: SD 1.5 at 512 and 1024 px and SDXL at 1024 px in fp16, eager, compiled and with CUDA
+graphs (``reduce-overhead``), on torch SDPA and on xformers, in one process (each architecture is built once),
+within a time budget.
 
     python benchmarks/gpu_table.py --out outputs/gpu --budget-minutes 5
 
-Every run is `turbo-diffusion bench` (its JSON records the equivalent command) with batch 2 (one image with
-classifier-free guidance), random weights. Runs go in order of priority and are skipped once the budget is spent,
-so a short lease still gives the eager table; each finished run is written at once (``OUT/<name>.json``) and
-appended to ``OUT/gpu_table.md``. Compiled runs use regional compilation (``compile_repeated_blocks``: the
-transformer blocks; compile times are minutes shorter than the whole UNet's) and time the baseline, Turbo, tomesd
-and the bound at ratio 0.5.
+Every run is `turbo-diffusion bench` (its JSON records the equivalent command) with batches 1 and 2 (2 is one image
+with classifier-free guidance; 8 too at 512 px), random weights. Runs go in order of priority and are skipped once
+the budget is spent, so a short lease still gives the eager table; each finished run is written at once
+(``OUT/<name>.json``) and appended to ``OUT/gpu_table.md``. Compiled runs use regional compilation
+(``compile_repeated_blocks``: the transformer blocks; compile times are minutes shorter than the whole UNet's),
+with inductor's default mode and then with ``reduce-overhead``, and time the baseline, Turbo, tomesd and the bound
+at ratio 0.5.
 """
 
 from __future__ import annotations
@@ -25,23 +27,25 @@ from turbo_diffusion.bench.run import environment, load_model, run_bench
 from turbo_diffusion.bench.spec import BenchSpec, command_for
 from turbo_diffusion.kernels import xformers_available
 
-MODELS = {"sd15-arch": ((512, 512), (1024, 1024)), "sdxl-arch": ((1024, 1024),)}
+RUNS = [("sd15-arch", (512, 512), (1, 2, 8)), ("sd15-arch", (1024, 1024), (1, 2)), ("sdxl-arch", (1024, 1024), (1, 2))]
+MODES = {"eager": None, "compiled": "default", "reduce-overhead": "reduce-overhead"}
 
 
 def runs(attention: tuple[str, ...]) -> list[tuple[str, BenchSpec]]:
-    """(name, spec) in order of priority: every eager run, then the compiled ones."""
+    """(name, spec) in order of priority: every eager run, then the compiled ones, then CUDA graphs."""
     out = []
-    for compiled in (False, True):
+    for mode, compile_mode in MODES.items():
         for kernel in attention:
-            for model, sizes in MODELS.items():
-                spec = BenchSpec(model=model, sizes=sizes, batches=(2,), dtype="float16", device="cuda",
+            for model, size, batches in RUNS:
+                spec = BenchSpec(model=model, sizes=(size,), batches=batches, dtype="float16", device="cuda",
                                  repeats=10, warmup=2, attention=kernel)
-                if compiled:
+                if compile_mode is not None:
                     spec = dataclasses.replace(spec, variants=("turbo", "tomesd", "bound"), profile=False,
-                                               compile="inductor", compile_scope="blocks", warmup=3)
+                                               compile="inductor", compile_scope="blocks", warmup=3,
+                                               compile_mode=None if compile_mode == "default" else compile_mode)
                 else:
                     spec = dataclasses.replace(spec, ratios=(0.5, 0.7))
-                out.append((f"{model}-{kernel}-{'compiled' if compiled else 'eager'}", spec.validate()))
+                out.append((f"{model}-{size[0]}-{kernel}-{mode}", spec.validate()))
     return out
 
 

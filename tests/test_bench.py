@@ -413,6 +413,23 @@ def test_regional_compile_compiles_the_transformer_blocks_only(monkeypatch):
     assert any("compile_repeated_blocks" in note for note in result.notes)
 
 
+def test_compile_mode_reaches_torch_compile_and_the_command(monkeypatch):
+    """``--compile-mode reduce-overhead`` (CUDA graphs) is passed on to torch.compile and written in the command."""
+    from diffusers import UNet2DConditionModel
+
+    seen = []
+    monkeypatch.setattr(UNet2DConditionModel, "compile", lambda self, **kw: seen.append(kw))
+    spec = BenchSpec(model="tiny", sizes=((32, 32),), methods=("turbo@0.5",), repeats=1, profile=False,
+                     compile="inductor", compile_mode="reduce-overhead")
+    result = run_bench(spec)
+    assert seen == [{"backend": "inductor", "mode": "reduce-overhead"}]
+    assert "--compile inductor --compile-mode reduce-overhead" in result.meta["command"]
+    with pytest.raises(ValueError, match="compile mode 'reduce-overhead' needs --compile"):
+        BenchSpec(compile_mode="reduce-overhead").validate()
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        BenchSpec(compile="inductor", compile_mode="fast").validate()
+
+
 def test_todo_and_the_bound_run_the_kernel_of_the_processors_they_replace():
     from diffusers.models.attention_processor import XFormersAttnProcessor
 

@@ -166,3 +166,68 @@ def test_bench_runs_on_cuda(tmp_path, capsys):
     result = json.loads((tmp_path / "b.json").read_text())
     assert {row["family"] for row in result["rows"]} >= {"default", "turbo", "bound"}
     assert all(row["step"]["seconds"] for row in result["rows"])
+
+
+# -- issue 22: CUDA graphs, host syncs, the fused plan -------------------------------------------------------------
+GRAPH_CONFIGS = {"default": {}, "plan_every=2": {"plan_every": 2}, "text": {"semantic": "text"},
+                 "text+cross+mlp": {"semantic": "text", "merge_crossattn": True, "merge_mlp": True, "plan_every": 2},
+                 "kv": {"mode": "kv", "plan_every": 3}, "proportional": {"proportional_attn": True}}
+
+
+@pytest.mark.parametrize("fields", GRAPH_CONFIGS.values(), ids=GRAPH_CONFIGS.keys())
+def test_reduce_overhead_captures_turbo_and_replays_the_eager_result(fields):
+    """torch.compile(mode="reduce-overhead") records CUDA graphs with Turbo on, in every config that keeps state
+    from step to step: no graph is skipped (a mutated non-static input or a host read would skip it), and the
+    replayed generation equals the eager one."""
+    from torch._dynamo.utils import counters
+
+    from turbo_diffusion import turbo_generation
+
+    torch._dynamo.reset()
+    counters.clear()
+    unet = tiny_sd15_unet().cuda()
+    apply_turbo(unet, **fields)
+    (sample, _), kwargs = _to_cuda(unet_args(unet, 32, 32, 2))
+    timesteps = (900, 800, 700, 600, 500)
+
+    def generation(model):
+        with turbo_generation(unet), torch.no_grad():
+            return [model(sample, torch.tensor(t, device="cuda"), **kwargs).sample.clone() for t in timesteps]
+
+    eager = generation(unet)
+    compiled = torch.compile(unet, mode="reduce-overhead", fullgraph=True)
+    generation(compiled)  # records
+    replayed = generation(compiled)
+    assert counters["inductor"]["cudagraph_skips"] == 0
+    for out, ref in zip(replayed, eager, strict=True):
+        assert _relative(out, ref) < 1e-3
+    torch._dynamo.reset()
+
+
+def test_no_config_synchronises_the_host_with_the_device():
+    """CUDA's sync debug mode raises at any operation that waits for the device."""
+    from turbo_diffusion import turbo_generation
+
+    unet = tiny_sd15_unet().cuda()
+    (sample, _), kwargs = _to_cuda(unet_args(unet, 32, 32, 2))
+    timesteps = [torch.tensor(t, device="cuda") for t in (900, 800, 700)]  # made before: a copy from the host syncs
+    for fields in GRAPH_CONFIGS.values():
+        apply_turbo(unet, **fields)
+        run(unet, (sample, timesteps[0]), kwargs)  # caches and storage first
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with turbo_generation(unet), torch.no_grad():
+                for t in timesteps:
+                    unet(sample, t, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_fused_plan_on_cuda_gives_the_eager_result():
+    unet = tiny_sd15_unet().cuda()
+    args, kwargs = _to_cuda(unet_args(unet, 32, 32, 2))
+    apply_turbo(unet)
+    eager = run(unet, args, kwargs)
+    apply_turbo(unet, fused_plan=True)
+    assert _relative(run(unet, args, kwargs), eager) < 1e-3

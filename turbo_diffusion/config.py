@@ -60,6 +60,13 @@ class TurboConfig:
             one-step noise-prediction deviation at ratio 0.5 falls by a fifth for ``alpha=0``, by two fifths for
             ``alpha=1``: benchmarks/QUALITY.md); the cost is an additive bias in attention, which keeps SDPA off
             its flash kernel on GPUs (and on SDPA with ``backend="xformers"``).
+        fused_plan (`bool`, defaults to False): compile each block's plan (semantic value, redundancy, information
+            degree, selection and index tables) with inductor into one graph per grid shape: about a dozen kernel
+            calls per merging block instead of ~50 eager operations, the same indices. Costs a compilation per
+            grid shape (seconds to tens of seconds, once per process) and needs a working ``torch.compile``; it
+            pays where the eager plan is launch-bound (GPUs at small and medium sizes). Without effect inside a
+            compiled UNet (the plan is compiled with it) and for layers whose keys are not a plain ``nn.Linear``
+            (LoRA, normalised keys), which plan eagerly.
         merge_attn (`bool`, defaults to True): merge around self-attention (where the time goes).
         merge_crossattn (`bool`, defaults to False): also merge around cross-attention (more speed, more change).
         merge_mlp (`bool`, defaults to False): also merge around the feed-forward (most speed, most change).
@@ -79,6 +86,7 @@ class TurboConfig:
     mode: str = "tokens"
     plan_every: int = 1
     proportional_attn: bool = False
+    fused_plan: bool = False
     merge_attn: bool = True
     merge_crossattn: bool = False
     merge_mlp: bool = False
@@ -106,7 +114,7 @@ class TurboConfig:
         _check_int("plan_every", self.plan_every, "an integer >= 1", lambda v: v >= 1)
         if self.match_radius is not None:
             _check_int("match_radius", self.match_radius, "None or an integer >= 0", lambda v: v >= 0)
-        for name in ("use_rand", "proportional_attn", "merge_attn", "merge_crossattn", "merge_mlp"):
+        for name in ("use_rand", "proportional_attn", "fused_plan", "merge_attn", "merge_crossattn", "merge_mlp"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.mode == "kv" and (self.merge_crossattn or self.merge_mlp or not self.merge_attn):

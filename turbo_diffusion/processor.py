@@ -25,6 +25,7 @@ from torch.profiler import record_function
 from .config import TurboConfig, resolve_config
 from .context import TurboContext
 from .core import MergePlan, global_query_attention, merged_count, plan_merge, window_count
+from .core.fused import fused_plan
 from .kernels import attention, attention_with_text_mass, resolve_backend, xformers_available
 from .levels import Level
 from .prompts import fallback_content
@@ -221,10 +222,31 @@ class TurboProcessor:
                   state: BlockState) -> MergePlan:
         """Score and select on this call's partition of the grid: a fresh merge plan of this block."""
         cfg = self.config
+        partition = call.partition(level, x.device)
+        if cfg.fused_plan and not torch.compiler.is_compiling():
+            inputs = self._fused_inputs(attn, x, call, state)
+            if inputs is not None:
+                return fused_plan(x, partition, num_merge, cfg.alpha, **inputs)
         semantic = self._semantic_value(attn, x, call, state) if cfg.semantic != "none" and cfg.alpha > 0 else None
-        plan = plan_merge(x, call.partition(level, x.device), num_merge, semantic, cfg.alpha)
+        plan = plan_merge(x, partition, num_merge, semantic, cfg.alpha)
         assert plan is not None  # num_merge > 0 and every window has sources
         return plan
+
+    def _fused_inputs(self, attn: Attention, x: torch.Tensor, call: CallState, state: BlockState) -> dict | None:
+        """What the compiled plan needs besides the features: the layer's weights, or the semantic value when it
+        is not attention received (``None`` when the layer's projections are not plain ``nn.Linear``)."""
+        cfg = self.config
+        if cfg.semantic == "none" or cfg.alpha == 0:
+            return {}
+        if self._records_text_mass and state.text_mass is not None and call.previous:
+            return {"semantic": self._semantic_value(attn, x, call, state)}
+        if attn.norm_q is not None or attn.norm_k is not None or \
+                type(attn.to_q) is not torch.nn.Linear or type(attn.to_k) is not torch.nn.Linear:
+            self.context.warn_once("fused_plan", "fused_plan: layers whose query/key projections are not plain "
+                                                 "nn.Linear (LoRA, normalised keys) plan in eager mode")
+            return None
+        return {"query_weight": attn.to_q.weight, "query_bias": attn.to_q.bias, "key_weight": attn.to_k.weight,
+                "heads": attn.heads, "scale": attn.scale}
 
     def _semantic_value(self, attn: Attention, x: torch.Tensor, call: CallState, state: BlockState) -> torch.Tensor:
         """``(B, N)`` semantic value in [0, 1]: this generation's last step's text mass when asked and known, else

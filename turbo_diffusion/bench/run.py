@@ -188,10 +188,11 @@ def run_bench(
     if spec.attention != "sdpa":
         notes.append(f"every variant runs {spec.attention} attention (the baseline diffusers' processor for it)")
     if spec.compile:
-        compile_module(unet, spec.compile, spec.compile_scope)
+        compile_module(unet, spec.compile, spec.compile_scope, spec.compile_mode)
         what = "UNet" if spec.compile_scope == "unet" else "UNet's transformer blocks (compile_repeated_blocks)"
-        notes.append(f"{what} compiled with torch.compile(backend={spec.compile!r}) after installing each variant; "
-                     "the profiled steps run eagerly")
+        mode = f", mode={spec.compile_mode!r}" if spec.compile_mode else ""
+        notes.append(f"{what} compiled with torch.compile(backend={spec.compile!r}{mode}) after installing each "
+                     "variant; the profiled steps run eagerly")
     rows: list[dict[str, Any]] = []
     for height, width in spec.sizes:
         grid = level_grid(height, width, level)

@@ -18,6 +18,7 @@ from ..model_names import check_model_name
 FAMILIES = ("turbo", "tomesd", "todo", "bound")
 ATTENTION_KERNELS = ("sdpa", "xformers")
 COMPILE_SCOPES = ("unet", "blocks")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon"
 
 
@@ -51,6 +52,8 @@ class BenchSpec:
         compile_scope: ``"unet"`` compiles the whole UNet (`nn.Module.compile`); ``"blocks"`` only its transformer
             blocks (diffusers' ``compile_repeated_blocks``, regional compilation): much shorter compiles, the
             ResNets stay eager.
+        compile_mode: ``torch.compile``'s ``mode`` (one of ``COMPILE_MODES``; ``None`` is torch's default):
+            ``"reduce-overhead"`` replays CUDA graphs, which removes the launch cost a small step is made of.
         attention: the attention kernel of every variant: ``"sdpa"`` (torch; diffusers' default processor) or
             ``"xformers"`` (CUDA with xformers installed: the baseline gets diffusers' xformers processor, Turbo
             ``backend="xformers"``, tomesd the blocks' processor, ToDo and the bound run xformers inside).
@@ -75,6 +78,7 @@ class BenchSpec:
     methods: tuple[str, ...] = ()
     compile: str | None = None
     compile_scope: str = "unet"
+    compile_mode: str | None = None
     attention: str = "sdpa"
 
     def validate(self) -> BenchSpec:
@@ -110,6 +114,10 @@ class BenchSpec:
             raise ValueError(f"compile backend must be a torch.compile backend name, got {self.compile!r}")
         if self.compile_scope not in COMPILE_SCOPES:
             raise ValueError(f"compile scope must be one of {', '.join(COMPILE_SCOPES)}, got {self.compile_scope!r}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile_mode is not None and self.compile is None:
+            raise ValueError(f"compile mode {self.compile_mode!r} needs --compile")
         if self.attention not in ATTENTION_KERNELS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {self.attention!r}")
         if self.attention == "xformers" and self.device == "cpu":
@@ -177,6 +185,8 @@ def command_for(spec: BenchSpec, outputs: Sequence[str] = ()) -> str:
         args += ["--compile", spec.compile]
         if spec.compile_scope != "unet":
             args += ["--compile-scope", spec.compile_scope]
+        if spec.compile_mode is not None:
+            args += ["--compile-mode", spec.compile_mode]
     if spec.attention != "sdpa":
         args += ["--attention", spec.attention]
     return shlex.join([*args, *outputs])

@@ -16,7 +16,15 @@ import importlib.util
 import re
 import sys
 
-from ..bench.spec import ATTENTION_KERNELS, COMPILE_SCOPES, DEFAULT_PROMPT, FAMILIES, BenchSpec, command_for
+from ..bench.spec import (
+    ATTENTION_KERNELS,
+    COMPILE_MODES,
+    COMPILE_SCOPES,
+    DEFAULT_PROMPT,
+    FAMILIES,
+    BenchSpec,
+    command_for,
+)
 from ..harness.methods import SYNTAX, TODO_MODES
 from ..harness.output import check_writable
 from .common import UsageError, add_device, add_guidance, add_model, add_progress, loading_message, stage
@@ -71,6 +79,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     how.add_argument("--compile-scope", choices=COMPILE_SCOPES, default="unet",
                      help="with --compile: the whole UNet, or only its transformer blocks (diffusers' "
                           "compile_repeated_blocks: far shorter compiles) (default: %(default)s)")
+    how.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                     help="with --compile: torch.compile's mode; reduce-overhead replays CUDA graphs (GPU), which "
+                          "removes the per-operation launch cost (default: torch's default mode)")
     how.add_argument("--attention", choices=ATTENTION_KERNELS, default="sdpa",
                      help="attention kernel of every variant, the baseline included: torch's SDPA, or xformers "
                           "(CUDA only, pip install 'turbo-diffusion[xformers]') (default: %(default)s)")
@@ -123,7 +134,7 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         device=args.device, repeats=args.repeats, warmup=args.warmup, steps=args.steps, prompt=args.prompt,
         guidance_scale=args.guidance_scale, seed=args.seed, profile=not args.no_profile,
         methods=tuple(args.methods), compile=args.compile,
-        compile_scope=args.compile_scope, attention=args.attention,
+        compile_scope=args.compile_scope, compile_mode=args.compile_mode, attention=args.attention,
     )
     if args.methods and (args.ratios or args.variants or args.turbo):
         raise UsageError("give either --methods or --ratios/--variants/--turbo, not both")

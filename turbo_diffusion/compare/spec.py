@@ -102,7 +102,7 @@ rerun with more prompts, seeds or methods (or fewer) reuses every image it share
 settings (model, steps, guidance, size, dtype, device, scheduler) change every image."""
 
 
-ADDED_LATER = {"proportional_attn": False}
+ADDED_LATER = {"proportional_attn": False, "fused_plan": False}
 """Method settings added after per-image keys, with the value that reproduces the behaviour from before: left out
 of `image_key`, so images made before the setting existed keep their keys."""
 

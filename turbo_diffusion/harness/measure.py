@@ -102,15 +102,16 @@ def rotated(items: Sequence[Any], shift: int) -> list[Any]:
     return [*items[shift:], *items[:shift]]
 
 
-def compile_module(module: torch.nn.Module, backend: str, scope: str = "unet") -> None:
+def compile_module(module: torch.nn.Module, backend: str, scope: str = "unet", mode: str | None = None) -> None:
     """``torch.compile`` ``module`` in place, so pipelines and methods still see the same module class:
     ``scope="unet"`` the whole module (`nn.Module.compile`), ``"blocks"`` its repeated blocks only (diffusers'
-    ``compile_repeated_blocks``, regional compilation). Compilation happens at the first call after each method
-    is installed, once per method."""
+    ``compile_repeated_blocks``, regional compilation), with torch.compile's ``mode`` (``"reduce-overhead"``: CUDA
+    graphs). Compilation happens at the first call after each method is installed, once per method."""
+    options = {"backend": backend} if mode is None else {"backend": backend, "mode": mode}
     if scope == "blocks":
-        module.compile_repeated_blocks(backend=backend)
+        module.compile_repeated_blocks(**options)
     elif scope == "unet":
-        module.compile(backend=backend)
+        module.compile(**options)
     else:
         raise ValueError(f"compile scope must be 'unet' or 'blocks', got {scope!r}")
 
