@@ -3,7 +3,7 @@
 On a launch-bound GPU every aten operation costs about the same whatever its size, so the budget is in operations.
 Counts are deterministic and device-independent, which makes them fair to assert (unlike a timing). The budget is
 written per merging block plus once per step, so it also bounds the real SD 1.5 (5 merging blocks: at most
-5 * 50 + 56 = 306 added operations, the issue's target 400) and SDXL (10: at most 556, target 760);
+5 * 56 + 56 = 336 added operations, the issue's target 400) and SDXL (10: at most 616, target 760);
 benchmarks/op_count.py measures those.
 """
 
@@ -17,7 +17,7 @@ from turbo_diffusion.bench.ops import OpCounter, count_ops
 from .conftest import tiny_sd15_unet, tiny_sdxl_unet, unet_args
 
 PER_STEP = 56  # the partition's seeded destinations and tables, the timestep
-BUDGET_PER_BLOCK = {"default": 50, "alpha=0": 34, "kv": 52, "text": 68}
+BUDGET_PER_BLOCK = {"default": 56, "alpha=0": 40, "kv": 56, "text": 72}
 CONFIGS = {"default": {}, "alpha=0": {"alpha": 0.0}, "kv": {"mode": "kv"}, "text": {"semantic": "text"}}
 UNETS = {"sd15": (tiny_sd15_unet, 3), "sdxl": (tiny_sdxl_unet, 6)}  # (builder, merging blocks)
 
@@ -54,7 +54,8 @@ def test_a_plan_every_reuse_step_adds_only_merge_and_restore():
     with turbo_generation(unet):
         planning = count_ops(unet, args[0], torch.tensor(900), **kwargs)
         reuse = count_ops(unet, args[0], torch.tensor(800), **kwargs)
-    assert reuse.total - plain.total <= 3 * 6 + 4  # per block two gathers, a scatter, a scale, a gather; the timestep
+    # per block: merge (two row gathers, an index_add_, a scale, two reshapes), restore (a gather, two reshapes)
+    assert reuse.total - plain.total <= 3 * 9 + 4
     assert "aten.topk" in planning.counts and "aten.topk" not in reuse.counts
 
 

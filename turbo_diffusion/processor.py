@@ -26,6 +26,7 @@ from .config import TurboConfig, resolve_config
 from .context import TurboContext
 from .core import MergePlan, global_query_attention, merged_count, plan_merge, window_count
 from .core.fused import fused_plan
+from .core.partition import shape_cached
 from .kernels import attention, attention_with_text_mass, resolve_backend, xformers_available
 from .levels import Level
 from .prompts import fallback_content
@@ -268,7 +269,9 @@ class TurboProcessor:
                 f"prompt token mask {tuple(mask.shape)} does not fit cross-attention ({batch}, {length}); "
                 "counting every token but the start token",
             )
-        return fallback_content(batch, length, device)
+        # The same mask at every block and step: made once per shape (read only).
+        return shape_cached(("fallback_content", batch, length, str(device)),
+                            lambda: fallback_content(batch, length, device))
 
     def _backend(self, x: torch.Tensor) -> str:
         return resolve_backend(self.config.backend, x.device)

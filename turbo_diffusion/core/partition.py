@@ -120,16 +120,16 @@ def window_grid(
                    lambda: _build_window_grid(height, width, sx, sy, radius, device))
 
 
-def batch_rows(batch: int, device: torch.device) -> torch.Tensor:
-    """``(B, 1)`` int64 ``[[0], [1], ...]``: with a ``(B, M)`` index it picks row ``b`` of sample ``b``
-    (``x[batch_rows(B, d), index]`` gathers ``(B, M, C)`` in one operation). Cached per batch and device."""
-    return shape_cached(("rows", batch, str(device)), lambda: torch.arange(batch, device=device)[:, None])
+def row_offsets(batch: int, rows: int, device: torch.device) -> torch.Tensor:
+    """``(B, 1)`` int64 ``[[0], [rows], [2 * rows], ...]``: the first row of each sample when a ``(B, rows, C)``
+    tensor is flattened to ``(B * rows, C)``. Cached per shape and device."""
+    return shape_cached(("offsets", batch, rows, str(device)),
+                        lambda: torch.arange(batch, device=device)[:, None] * rows)
 
 
-def row_range(count: int, batch: int, device: torch.device) -> torch.Tensor:
-    """``(B, count)`` int64 ``arange(count)`` for every sample: a cached view (read only)."""
-    return shape_cached(("range", count, batch, str(device)),
-                        lambda: torch.arange(count, device=device).expand(batch, -1))
+def row_range(count: int, device: torch.device) -> torch.Tensor:
+    """``(count,)`` int64 ``arange(count)``, cached (read only)."""
+    return shape_cached(("range", count, str(device)), lambda: torch.arange(count, device=device))
 
 
 def _build_window_grid(height: int, width: int, sx: int, sy: int, radius: int | None, device: str) -> WindowGrid:
@@ -193,16 +193,25 @@ class Partition:
     src: torch.Tensor
     candidates: torch.Tensor | None = None
     leftover_candidates: torch.Tensor | None = None
-    _dst_rows: dict = field(default_factory=dict, repr=False)
+    _rows: dict = field(default_factory=dict, repr=False)
 
     def dst_rows(self, batch: int) -> torch.Tensor:
-        """``(B, Nw)``: ``dst`` for every sample, a view made once per batch size (the blocks of a UNet call share
-        the partition, so it costs one operation per call instead of one per block)."""
-        rows = self._dst_rows.get(batch) if not torch.compiler.is_compiling() else None
+        """``(B, Nw)``: the destinations as rows of the batch flattened to ``(B * N, C)``."""
+        return self._batch_rows("dst", batch)
+
+    def src_rows(self, batch: int) -> torch.Tensor:
+        """``(B, Ns)``: the sources as rows of the batch flattened to ``(B * N, C)``."""
+        return self._batch_rows("src", batch)
+
+    def _batch_rows(self, which: str, batch: int) -> torch.Tensor:
+        # Made once per batch size and kept (in eager mode): the blocks of a UNet call share the partition, so
+        # this costs one operation per call instead of one per block.
+        rows = self._rows.get((which, batch)) if not torch.compiler.is_compiling() else None
         if rows is None:
-            rows = self.dst.expand(batch, -1)
+            positions = getattr(self, which)
+            rows = positions + row_offsets(batch, self.grid.num_tokens, positions.device)
             if not torch.compiler.is_compiling():
-                self._dst_rows[batch] = rows
+                self._rows[(which, batch)] = rows
         return rows
 
     @property

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .partition import Partition, batch_rows, row_range, shape_cached
+from .partition import Partition, row_offsets, row_range, shape_cached
 from .scores import information_degree, mutual_redundancy
 
 
@@ -47,16 +47,20 @@ class PlanScores:
 class MergePlan:
     """Indices of one merge, shared by every component of a transformer block in one UNet call.
 
-    Built by :func:`plan_merge` (or rebuilt with `from_indices`); construction does no tensor work.
+    Built by :func:`plan_merge` (or rebuilt with `from_indices`); construction does no tensor work. Its indices
+    are rows of the batch flattened to ``(B * N, C)``, so that merging and restoring are row gathers
+    (``index_select``) and one ``index_add_``: on the CPU these are several times faster than per-sample
+    gathers, and they are the kernels a GPU runs best too.
 
     Attributes:
         batch, num_tokens: ``B`` and ``N`` of the tensors it applies to.
-        num_dst: destinations, the first rows of the merged layout.
+        num_dst: destinations, the first rows of each sample's merged layout.
         num_merged: ``r``, sources removed by merging; ``num_kept = N - r`` rows remain.
-        kept_positions: ``(B, N - r)`` the token each merged row starts from: destinations, then unmerged sources.
-        merged_positions: ``(B, r)`` token positions that were merged away.
-        merged_rows: ``(B, r)`` the destination row each of them joins.
-        restore_rows: ``(B, N)`` the merged row each token position reads back.
+        kept_rows: ``(B * (N - r),)`` the input row each merged row starts from: destinations, then unmerged
+            sources, sample after sample.
+        merged_sources: ``(B * r,)`` input rows merged away; ``merged_targets`` ``(B * r,)`` the merged row each
+            joins.
+        restore_rows: ``(B * N,)`` the merged row each input row reads back.
         sizes: ``(B, N - r)`` float32, how many original tokens each merged row stands for (proportional
             attention, the merge's weights).
         scores: the `PlanScores` it was chosen by, or ``None`` for a plan rebuilt from saved indices.
@@ -66,50 +70,57 @@ class MergePlan:
         self,
         *,
         num_tokens: int,
-        kept_positions: torch.Tensor,
-        merged_positions: torch.Tensor,
-        merged_rows: torch.Tensor,
+        kept_rows: torch.Tensor,
+        merged_sources: torch.Tensor,
+        merged_targets: torch.Tensor,
         restore_rows: torch.Tensor,
         sizes: torch.Tensor,
         num_dst: int,
         scores: PlanScores | None = None,
     ) -> None:
-        self.batch, self.num_kept = kept_positions.shape
+        self.batch, self.num_kept = sizes.shape
         self.num_tokens = num_tokens
-        self.num_merged = merged_positions.shape[1]
+        self.num_merged = merged_sources.shape[0] // self.batch
         self.num_dst = num_dst
-        self.kept_positions = kept_positions
-        self.merged_positions = merged_positions
-        self.merged_rows = merged_rows
+        self.kept_rows = kept_rows
+        self.merged_sources = merged_sources
+        self.merged_targets = merged_targets
         self.restore_rows = restore_rows
         self.sizes = sizes
         self.scores = scores
         self._inverse_sizes: dict[torch.dtype, torch.Tensor] = {}
 
+    @property
+    def merged_positions(self) -> torch.Tensor:
+        """``(B, r)`` token positions (within each sample) that were merged away: for inspection and pictures, not
+        used by merging."""
+        offsets = row_offsets(self.batch, self.num_tokens, self.merged_sources.device)
+        return self.merged_sources.view(self.batch, -1) - offsets
+
     def merge(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, C)`` -> ``(B, N - r, C)``: size-weighted average of each destination and its sources."""
         self._check(x, self.num_tokens)
-        rows = batch_rows(self.batch, x.device)
-        merged = x[rows, self.kept_positions]
-        merged.index_put_((rows, self.merged_rows), x[rows, self.merged_positions], accumulate=True)
-        return merged.mul_(self._inverse_sizes_as(merged.dtype))
+        flat = x.reshape(-1, x.shape[-1])
+        merged = flat.index_select(0, self.kept_rows)
+        merged.index_add_(0, self.merged_targets, flat.index_select(0, self.merged_sources))
+        return merged.mul_(self._inverse_sizes_as(merged.dtype)).view(self.batch, self.num_kept, -1)
 
     def restore(self, y: torch.Tensor) -> torch.Tensor:
         """``(B, N - r, C)`` -> ``(B, N, C)``: kept tokens return to their positions, merged ones copy their
         destination's row."""
         self._check(y, self.num_kept)
-        return y[batch_rows(self.batch, y.device), self.restore_rows]
+        return y.reshape(-1, y.shape[-1]).index_select(0, self.restore_rows).view(self.batch, self.num_tokens, -1)
 
     def indices(self) -> tuple[torch.Tensor, ...]:
-        """The plan as tensors only, ``(kept_positions, merged_positions, merged_rows, restore_rows, sizes)``:
-        what a block saves to reuse the plan at a later step (see `from_indices`)."""
-        return self.kept_positions, self.merged_positions, self.merged_rows, self.restore_rows, self.sizes
+        """The plan as tensors only, ``(kept_rows, merged_sources, merged_targets, restore_rows, sizes)``: what a
+        block saves to reuse the plan at a later step (see `from_indices`)."""
+        return self.kept_rows, self.merged_sources, self.merged_targets, self.restore_rows, self.sizes
 
     @classmethod
     def from_indices(cls, indices: tuple[torch.Tensor, ...], num_tokens: int, num_dst: int) -> MergePlan:
         """Rebuild a plan from `indices` (its ``scores`` are not kept)."""
-        kept, merged, merged_rows, restore_rows, sizes = indices
-        return cls(num_tokens=num_tokens, kept_positions=kept, merged_positions=merged, merged_rows=merged_rows,
+        kept, sources, targets, restore_rows, sizes = indices
+        return cls(num_tokens=num_tokens, kept_rows=kept, merged_sources=sources, merged_targets=targets,
                    restore_rows=restore_rows, sizes=sizes, num_dst=num_dst)
 
     @staticmethod
@@ -121,7 +132,7 @@ class MergePlan:
         def zeros(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
-        return (zeros(batch, kept), zeros(batch, num_merged), zeros(batch, num_merged), zeros(batch, num_tokens),
+        return (zeros(batch * kept), zeros(batch * num_merged), zeros(batch * num_merged), zeros(batch * num_tokens),
                 zeros(batch, kept, dtype=torch.float32))
 
     def matches(self, x: torch.Tensor) -> bool:
@@ -129,12 +140,12 @@ class MergePlan:
         return x.dim() == 3 and x.shape[0] == self.batch and x.shape[1] == self.num_tokens
 
     def _inverse_sizes_as(self, dtype: torch.dtype) -> torch.Tensor:
-        """``(B, N - r, 1)`` ``1 / size`` of every merged row in ``dtype`` (1 for unmerged rows, which the merge then
-        leaves exactly as they were), made at the first merge of that dtype: a block's components merge tensors of
-        one dtype, so once per plan."""
+        """``(B * (N - r), 1)`` ``1 / size`` of every merged row in ``dtype`` (1 for unmerged rows, which the merge
+        then leaves exactly as they were), made at the first merge of that dtype: a block's components merge
+        tensors of one dtype, so once per plan."""
         inverse = self._inverse_sizes.get(dtype)
         if inverse is None:
-            inverse = self._inverse_sizes[dtype] = self.sizes.unsqueeze(-1).reciprocal().to(dtype)
+            inverse = self._inverse_sizes[dtype] = self.sizes.view(-1, 1).reciprocal().to(dtype)
         return inverse
 
     def _check(self, x: torch.Tensor, tokens: int) -> None:
@@ -174,32 +185,35 @@ def plan_merge(
         return None
     device = metric.device
 
+    num_kept = num_tokens - r
     with torch.no_grad():
-        redundancy, match = mutual_redundancy(metric, partition)
+        # match: the merged row (destination window) each source would join, as a row of the flattened batch
+        redundancy, match = mutual_redundancy(metric, partition, row_stride=num_kept)
         semantic_src = None if semantic is None else semantic.index_select(1, src)
         degree = information_degree(redundancy, semantic_src, alpha)
         chosen = degree.topk(r, dim=-1, sorted=False).indices  # (B, r) indices into src
 
         # A stable sort of the chosen flags lists the unmerged sources first, in partition order. (Out-of-place
         # scatters into cached constant views: one operation each instead of an allocation and a scatter.)
-        flags = _constant(0, batch, num_src, torch.uint8, device).scatter(1, chosen, 1)
+        flags = _constant(0, (batch, num_src), torch.uint8, device).scatter(1, chosen, 1)
         kept_src = flags.argsort(dim=1, stable=True)[:, : num_src - r]
-        kept_positions = torch.cat([partition.dst_rows(batch), src[kept_src]], dim=1)  # (B, N - r)
-        merged_positions = src[chosen]
-        merged_rows = match.gather(1, chosen)
+        src_rows = partition.src_rows(batch)  # (B, Ns) rows of the flattened batch
+        kept_rows = torch.cat([partition.dst_rows(batch), src_rows.gather(1, kept_src)], dim=1).flatten()
+        merged_sources = src_rows.gather(1, chosen).flatten()
+        merged_targets = match.gather(1, chosen).flatten()
 
-        restore_rows = _constant(0, batch, num_tokens, torch.long, device).scatter(
-            1, kept_positions, row_range(num_tokens - r, batch, device))
-        restore_rows.scatter_(1, merged_positions, merged_rows)
+        restore_rows = _constant(0, (batch * num_tokens,), torch.long, device).scatter(
+            0, kept_rows, row_range(batch * num_kept, device))
+        restore_rows.scatter_(0, merged_sources, merged_targets)
         # A row's size is the number of positions that read it back (exact: small integers in float32).
-        sizes = _constant(0, batch, num_tokens - r, torch.float32, device).scatter_add(
-            1, restore_rows, _constant(1, batch, num_tokens, torch.float32, device))
+        sizes = _constant(0, (batch * num_kept,), torch.float32, device).scatter_add(
+            0, restore_rows, _constant(1, (batch * num_tokens,), torch.float32, device)).view(batch, num_kept)
 
     return MergePlan(
         num_tokens=num_tokens,
-        kept_positions=kept_positions,
-        merged_positions=merged_positions,
-        merged_rows=merged_rows,
+        kept_rows=kept_rows,
+        merged_sources=merged_sources,
+        merged_targets=merged_targets,
         restore_rows=restore_rows,
         sizes=sizes,
         num_dst=num_dst,
@@ -207,8 +221,8 @@ def plan_merge(
     )
 
 
-def _constant(value: int, batch: int, count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``(B, count)`` filled with ``value``: a cached read-only view of one element (out-of-place ops on it write
-    into new memory)."""
-    return shape_cached(("constant", value, batch, count, dtype, str(device)),
-                        lambda: torch.full((1, 1), value, dtype=dtype, device=device).expand(batch, count))
+def _constant(value: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor of ``shape`` filled with ``value``: a cached read-only view of one element (out-of-place ops on it
+    write into new memory)."""
+    return shape_cached(("constant", value, shape, dtype, str(device)),
+                        lambda: torch.full((1,) * len(shape), value, dtype=dtype, device=device).expand(shape))

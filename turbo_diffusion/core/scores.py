@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from .partition import Partition, WindowGrid, shape_cached
+from .partition import Partition, WindowGrid, row_offsets, shape_cached
 
 _EPS = 1e-6
 
 
-def mutual_redundancy(metric: torch.Tensor, partition: Partition) -> tuple[torch.Tensor, torch.Tensor]:
+def mutual_redundancy(
+    metric: torch.Tensor, partition: Partition, row_stride: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each source's highest cosine similarity to a destination, and which destination that is.
 
     Args:
@@ -31,16 +33,19 @@ def mutual_redundancy(metric: torch.Tensor, partition: Partition) -> tuple[torch
         partition: the bipartite split; its ``candidates`` restrict each source to the destinations of nearby
             windows (about ``9 * C`` work per token for radius 1) or, when ``None``, allow every destination
             (``Ns * Nw * C`` work, exactly ToMe's matching).
+        row_stride: added to sample ``b``'s matches ``b`` times (the merge's rows per sample, so that a match is a
+            row of the flattened merged batch); 0 gives window indices.
 
     Returns:
-        ``redundancy`` ``(B, Ns)`` in ``[-1, 1]`` and ``match`` ``(B, Ns)``, the destination slot (window index)
-        each source would merge into. All-zero tokens have similarity 0, never NaN.
+        ``redundancy`` ``(B, Ns)`` in ``[-1, 1]`` and ``match`` ``(B, Ns)``, the destination slot (window index,
+        plus ``b * row_stride``) each source would merge into. All-zero tokens have similarity 0, never NaN.
     """
     # F.normalize's arithmetic, without its expand_as: one operation fewer per block.
     x = metric / metric.norm(dim=-1, keepdim=True).clamp_min(_EPS)
     if partition.candidates is None:
         a, b = x.index_select(1, partition.src), x.index_select(1, partition.dst)
-        return torch.bmm(a, b.transpose(1, 2)).max(dim=-1)
+        redundancy, match = torch.bmm(a, b.transpose(1, 2)).max(dim=-1)
+        return redundancy, match + row_offsets(x.shape[0], row_stride, x.device) if row_stride else match
 
     batch, channels = x.shape[0], x.shape[-1]
     grid = partition.grid
@@ -50,22 +55,30 @@ def mutual_redundancy(metric: torch.Tensor, partition: Partition) -> tuple[torch
     a = x.index_select(1, partition.src[:g] if g < partition.src.shape[0] else partition.src)
     cand = x.index_select(1, partition.candidates).view(batch * nw, -1, channels)
     red, arg = torch.bmm(a.view(batch * nw, k - 1, channels), cand.transpose(1, 2)).max(dim=-1)
-    match = _repeated_neighbours(grid, batch).gather(1, arg).view(batch, g)
+    match = _repeated_neighbours(grid, batch, row_stride).gather(1, arg).view(batch, g)
     if partition.leftover_candidates is None:
         return red.view(batch, g), match
     left = x.index_select(1, grid.leftover)
     cand = x.index_select(1, partition.leftover_candidates).view(batch, left.shape[1], -1, channels)
     left_red, left_arg = (cand @ left.unsqueeze(-1)).squeeze(-1).max(dim=-1)
-    left_match = grid.leftover_neighbours.expand(batch, -1, -1).gather(2, left_arg.unsqueeze(-1))
-    return (torch.cat([red.view(batch, g), left_red], dim=1),
-            torch.cat([match, left_match.squeeze(-1)], dim=1))
+    left_match = grid.leftover_neighbours.expand(batch, -1, -1).gather(2, left_arg.unsqueeze(-1)).squeeze(-1)
+    if row_stride:
+        left_match = left_match + row_offsets(batch, row_stride, x.device)
+    return torch.cat([red.view(batch, g), left_red], dim=1), torch.cat([match, left_match], dim=1)
 
 
-def _repeated_neighbours(grid: WindowGrid, batch: int) -> torch.Tensor:
-    """``(B * Nw, K)``: ``grid.neighbours`` once per sample, cached per grid and batch."""
+def _repeated_neighbours(grid: WindowGrid, batch: int, row_stride: int) -> torch.Tensor:
+    """``(B * Nw, K)``: ``grid.neighbours`` once per sample, sample ``b``'s plus ``b * row_stride``; cached per grid,
+    batch and stride."""
     neighbours = grid.neighbours
-    key = ("neighbours", grid.height, grid.width, grid.sx, grid.sy, neighbours.shape[1], str(neighbours.device), batch)
-    return shape_cached(key, lambda: neighbours.repeat(batch, 1))
+    key = ("neighbours", grid.height, grid.width, grid.sx, grid.sy, neighbours.shape[1], str(neighbours.device), batch,
+           row_stride)
+
+    def build() -> torch.Tensor:
+        offsets = row_offsets(batch, row_stride, neighbours.device).repeat_interleave(neighbours.shape[0], dim=0)
+        return neighbours.repeat(batch, 1) + offsets
+
+    return shape_cached(key, build)
 
 
 def normalize_semantic(values: torch.Tensor) -> torch.Tensor:
