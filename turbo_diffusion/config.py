@@ -30,7 +30,8 @@ class TurboConfig:
             higher protects attended tokens at the price of merging less similar ones. Must be >= 0.
         semantic (`str`, defaults to ``"attention"``): how ``S`` is measured. ``"attention"``: attention each token
             receives from the layer's mean query (cheap, no N x N map). ``"text"``: each token's cross-attention
-            mass on the prompt's content tokens at the previous step (``"attention"`` on the first step).
+            mass on the prompt's content tokens at the previous step of the generation (``"attention"`` on its
+            first step, and for a UNet call outside a generation).
             ``"none"``: no semantics, alpha ignored; the ToMe ablation.
         max_downsample (`int`, *optional*): merge in attention levels whose latent downsampling is at most this
             (1, 2, 4 or 8). ``None`` merges only the highest-resolution level that has attention (1 on SD 1.x/2.x,
@@ -50,9 +51,11 @@ class TurboConfig:
             keys and values, with proportional attention (``+ log(size)`` on each merged key's logit); every query
             stays, nothing is restored (cost ~ 1 - ratio): slower, closer to the original.
         plan_every (`int`, defaults to 1): recompute each block's merge plan every this many UNet calls (denoising
-            steps) and reuse its indices in between. 1 plans every step; larger values save the planning time at
-            the cost of merging by slightly stale similarities. At least 1. Under ``torch.compile`` the choice is a
-            ``torch.cond`` in the graph; in eager mode it reads one flag from the device per UNet call.
+            steps) of a generation and reuse its indices in between (see `turbo_generation`: a pipeline call, or
+            a ``with`` block around your own loop; any other UNet call plans afresh). 1 plans every step; larger
+            values save the planning time in eager mode at the cost of merging by slightly stale similarities.
+            At least 1. Inside a compiled UNet the plan is still computed at every step and a select keeps the
+            stored one (one graph, no host read): no saving there.
         proportional_attn (`bool`, defaults to False): in ``mode="tokens"``, add ``log(size)`` to each merged key's
             logit in self-attention, so a token that stands for k tokens draws the attention those k would have
             (ToMe's proportional attention; ``mode="kv"`` always does this). Without it a region that merged

@@ -212,7 +212,10 @@ class TurboProcessor:
         plan = self._new_plan(attn, x, level, num_merge, call, state)
         storage = state.storage
         if storage is None or any(kept.shape != new.shape for kept, new in zip(storage, plan.indices(), strict=True)):
-            return plan  # no storage of these shapes (bare route): nothing to reuse
+            # No storage of these shapes yet (the bare route has no UNet hook to size it): this plan's tensors
+            # become it, and the next call's graph selects from them (one recompile, then none).
+            state.storage = plan.indices()
+            return plan
         indices = tuple(torch.where(call.planning_flag, new, kept)
                         for new, kept in zip(plan.indices(), storage, strict=True))
         for kept, chosen in zip(storage, indices, strict=True):
