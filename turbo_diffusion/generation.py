@@ -41,9 +41,7 @@ def turbo_generation(model: Any) -> Iterator[None]:
         ValueError: when no Turbo processor is installed on ``model``.
     """
     unet = find_unet(model)
-    contexts = turbo_contexts(unet)
-    if not contexts:
-        raise ValueError("turbo_generation needs Turbo on this model: apply_turbo(model, ...) first")
+    contexts = turbo_contexts(unet, needed_by="turbo_generation")
     opened = [(context, context.call().open_generation()) for context in contexts]
     # Bare processors have no UNet hook of their own: the clock of this generation needs one.
     bare = [context for context in contexts if not context.hooked]

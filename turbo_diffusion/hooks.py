@@ -461,12 +461,15 @@ def turbo_config_of(model: Any) -> TurboConfig | None:
     return bare[0].config if bare else None
 
 
-def turbo_contexts(model: Any) -> list[TurboContext]:
+def turbo_contexts(model: Any, needed_by: str) -> list[TurboContext]:
     """The `TurboContext` of every Turbo installation merging on ``model``'s UNet (`apply_turbo`'s, and each bare
-    `TurboProcessor`'s), after taking Turbo off where another call replaced its processors."""
+    `TurboProcessor`'s), after taking Turbo off where another call replaced its processors. ``ValueError`` naming
+    ``needed_by`` (the caller) when there is none."""
     unet = find_unet(model)
     turbo_config_of(unet)  # first settles processors another call replaced or re-created
     contexts = {id(p.context): p.context for p in unet.attn_processors.values() if isinstance(p, TurboProcessor)}
+    if not contexts:
+        raise ValueError(f"{needed_by} needs Turbo on this model: apply_turbo(model, ...) first")
     return list(contexts.values())
 
 

@@ -100,9 +100,7 @@ def inspect_plans(model: Any) -> Iterator[list[PlanRecord]]:
         ValueError: when no Turbo processor is installed on ``model``.
     """
     unet = find_unet(model)
-    contexts = turbo_contexts(unet)
-    if not contexts:
-        raise ValueError("inspect_plans needs Turbo on this model: apply_turbo(model, ...) first")
+    contexts = turbo_contexts(unet, needed_by="inspect_plans")
     names = {module: name for name, module in unet.named_modules() if isinstance(module, Attention)}
     recorder = _Recorder(names)
     # Counts UNet calls for every route (the bare processor has no UNet hook of its own).
