@@ -128,7 +128,8 @@ def test_generate_says_what_it_does_and_writes_to_outputs_by_default(tmp_path):
     done = cli("generate", "a red cat", "--model", "tiny", "--steps", "2", "--height", "64", "--width", "64",
                "--baseline", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    stages = [line for line in done.stderr.splitlines() if line.startswith("turbo-diffusion generate: ")]
+    stages = [line for line in done.stderr.splitlines()  # what a busy machine adds is said only when it is busy
+              if line.startswith("turbo-diffusion generate: ") and "busy" not in line and "other work" not in line]
     assert [line.split(": ", 1)[1].split(" ")[0] for line in stages] == ["importing", "building", "warming",
                                                                           "generating"]
     assert "about 1 s" in stages[1] and re.search(r"expected about \d+ (s|min)", stages[3])
@@ -186,3 +187,120 @@ def test_files_go_to_the_outputs_folder_by_default():
 
     assert build_parser().parse_args(["generate", "a cat"]).out == "outputs/turbo.png"
     assert build_parser().parse_args(["compare", "--model", "tiny"]).out == "outputs/compare"
+
+
+# -- issue 24: the first minute -------------------------------------------------------------------------------------
+def test_generate_defaults_to_the_trained_model_with_its_own_size_steps_and_guidance():
+    from turbo_diffusion.cli import build_parser
+    from turbo_diffusion.cli.generate import _check_args
+    from turbo_diffusion.model_names import default_model
+
+    args = build_parser().parse_args(["generate", "a red circle"])
+    _check_args(args)
+    assert args.model == default_model() == "shapes"
+    assert (args.height, args.width, args.steps, args.guidance) == (128, 128, 20, 5.0)
+    args = build_parser().parse_args(["generate", "a cat", "--model", "sd15-arch", "--steps", "3"])
+    _check_args(args)
+    assert (args.height, args.width, args.steps, args.guidance) == (None, None, 3, 7.5)  # its native size
+
+
+def test_the_estimate_is_per_step_unet_time_plus_once_per_image_work(monkeypatch):
+    """A fake clock: the UNet calls take 2 s each (the first 3 s: set-up), the rest of the generation 5 s."""
+    import torch
+
+    from turbo_diffusion.harness import measure
+
+    clock = [0.0]
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock[0])
+
+    class UNet(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            UNet.calls += 1
+            clock[0] += 3.0 if UNet.calls == 1 else 2.0
+            return x
+
+    class Pipe:
+        unet = UNet()
+
+    def generate(steps):
+        clock[0] += 2.5
+        for _ in range(steps):
+            Pipe.unet(torch.zeros(1))
+        clock[0] += 2.5
+
+    cost = measure.generation_cost(Pipe, generate, torch.device("cpu"))
+    assert (cost.once, cost.per_step) == (5.0, 2.0)
+    assert cost.estimate(20) == 45.0  # not 20 whole 1-step generations (20 * 10 s)
+
+
+def test_a_speed_up_says_what_it_rests_on_and_flags_noise_as_bench_does():
+    from turbo_diffusion.cli.generate import speed_up_line
+    from turbo_diffusion.harness.measure import Timing, noisy_advice
+
+    turbo, base = Timing("turbo", [1.0, 1.1, 1.05]), Timing("baseline", [1.2, 2.4, 1.3])
+    line = speed_up_line(turbo, base, 3)
+    assert line.startswith("speed-up 1.24x on the same seed (medians of 3 interleaved runs each")
+    assert "spread 1.10x with Turbo, 2.00x without" in line
+    assert not turbo.noisy and base.noisy
+    advice = noisy_advice([t.name for t in (turbo, base) if t.noisy], 3)
+    assert advice.startswith("noisy: baseline: slowest over fastest call above 1.5x") and "--repeats 10" in advice
+    assert noisy_advice([], 3) is None
+    assert "one run each: noise cannot be seen" in speed_up_line(turbo, base, 1)
+
+
+def test_a_busy_machine_is_said_before_timing(monkeypatch):
+    from turbo_diffusion.harness import measure
+
+    monkeypatch.setattr(measure.os, "getloadavg", lambda: (3.5, 3.0, 2.0))
+    monkeypatch.setattr(measure.os, "cpu_count", lambda: 2)
+    assert "busy (load average 3.5 on 2 CPUs)" in measure.busy_warning()
+    monkeypatch.setattr(measure.os, "getloadavg", lambda: (0.4, 0.3, 0.2))
+    assert measure.busy_warning() is None
+
+
+def test_beside_other_work_torch_gets_the_cpus_left_free(monkeypatch):
+    import torch
+
+    from turbo_diffusion.harness import measure
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(measure.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    monkeypatch.setattr(measure.os, "cpu_count", lambda: 2)
+    try:
+        torch.set_num_threads(2)
+        assert "torch uses 1 thread instead of 2" in measure.choose_threads()
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setattr(measure.os, "getloadavg", lambda: (0.3, 0.2, 0.2))
+        assert measure.choose_threads() is None and torch.get_num_threads() == 2  # idle: torch's default
+        monkeypatch.setattr(measure.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert measure.choose_threads() is None and torch.get_num_threads() == 2  # the user's choice stands
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_generate_without_baseline_removes_an_earlier_runs_baseline_image(tmp_path, capsys):
+    out = tmp_path / "cat.png"
+    stale = tmp_path / "cat.baseline.png"
+    Image.new("RGB", (8, 8)).save(stale)
+    assert main(["generate", "a red cat", "--model", "tiny", "--steps", "1", "--height", "64", "--width", "64",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert out.exists() and not stale.exists()
+    assert f"removed {stale}: an earlier run left it" in capsys.readouterr().err
+
+
+def test_no_progress_silences_every_bar_the_libraries_included(tmp_path):
+    done = cli("generate", "a red cat", "--model", "tiny", "--steps", "2", "--height", "64", "--width", "64",
+               "--baseline", "--repeats", "1", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "%|" not in done.stderr and "it/s" not in done.stderr  # no tqdm bar of any library
+
+
+def test_repeats_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "a red cat", "--model", "tiny", "--repeats", "0"])
+    assert exit_info.value.code == 2 and "--repeats must be at least 1" in capsys.readouterr().err

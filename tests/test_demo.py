@@ -73,7 +73,9 @@ def test_settings_from_the_page_take_whole_floats_as_ints_and_auto_downsample_as
 
 
 def test_the_default_model_is_shapes_once_its_weights_exist_else_tiny(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo_settings, "SHAPES_FOLDER", str(tmp_path))
+    from turbo_diffusion import model_names
+
+    monkeypatch.setattr(model_names, "SHAPES_FOLDER", str(tmp_path))
     assert demo_settings.default_model() == "tiny"
     (tmp_path / "model_index.json").write_text("{}")
     assert demo_settings.default_model() == "shapes"

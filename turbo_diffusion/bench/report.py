@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..harness.measure import NOISY_SPREAD
+from ..harness.measure import NOISY_SPREAD, noisy_advice
 from ..harness.output import json_safe
 from ..harness.output import write_json as write_json_file
 from ..model_names import RANDOM_WEIGHTS_NOTE
@@ -178,10 +178,7 @@ def warnings(result: BenchResult) -> list[str]:
     recompiled = [f"{row['variant']} ({m})" for row, m in measured if row[m].get("recompiles")]
     lines = []
     if noisy:
-        lines.append(f"noisy: {', '.join(noisy)}: slowest over fastest call above {NOISY_SPREAD:g}x, the machine was "
-                     "busy, so these speed-ups are not reliable. For a clean number, rerun with the machine otherwise "
-                     f"idle and more repeats (--repeats {max(10, 2 * result.spec.repeats)}): the minimum over more "
-                     "repeats is the least disturbed call.")
+        lines.append(noisy_advice(noisy, result.spec.repeats))
     elif result.spec.repeats == 1:
         lines.append("one repeat per variant: noise cannot be seen; use --repeats 3 or more.")
     if recompiled:

@@ -16,7 +16,7 @@ import sys
 
 from .. import __version__
 from . import bench, compare, demo, generate, train_shapes
-from .common import UsageError
+from .common import UsageError, quiet_libraries
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "no_progress", False):
+        with quiet_libraries():
+            return _run(parser, args)
+    return _run(parser, args)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ..harness.errors import HarnessError, SavedElsewhere
 
     try:
@@ -57,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, HarnessError) as err:
         parser.exit(2, f"turbo-diffusion {args.command}: error: {' '.join(str(err).split())}\n")
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # On a line of its own (a progress bar may be half drawn), with what was kept and how to go on.
+        kept = getattr(sys.modules[args.func.__module__], "interrupted", None)
+        print(f"\nturbo-diffusion {args.command}: interrupted" + (f": {kept(args)}" if kept else ""), file=sys.stderr)
         return 130
 
 

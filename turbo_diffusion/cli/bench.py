@@ -125,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves: bench writes its report at the end."""
+    return "nothing was written (the report and --json are written when every variant is timed)"
+
+
 def spec_from_args(args: argparse.Namespace) -> BenchSpec:
     """The `BenchSpec` the arguments ask for; a bad value is a one-line `UsageError`."""
     spec = BenchSpec(

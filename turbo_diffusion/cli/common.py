@@ -4,8 +4,11 @@ command in one line. Nothing here imports torch: arguments are parsed and checke
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import sys
+from collections.abc import Iterator
 
 from ..harness.loading import DTYPES, about, loading_message  # noqa: F401 (the subcommands' stage messages)
 from ..model_names import RANDOM_WEIGHT_MODELS, TRAINED_MODELS
@@ -17,11 +20,13 @@ class UsageError(Exception):
     """A bad argument found after parsing (e.g. a ratio out of range): one line, exit code 2."""
 
 
-def add_model(parser: argparse.ArgumentParser, default: str | None) -> None:
-    parser.add_argument("--model", default=default, required=default is None,
-                        help=f"{' | '.join(RANDOM_WEIGHT_MODELS)} (built-in, random weights, offline), "
-                             f"{' | '.join(TRAINED_MODELS)} (built-in, trained here on drawn scenes), a local "
-                             "folder or a Hub id" + (f" (default: {default})" if default else ""))
+def add_model(parser: argparse.ArgumentParser, default: str | None, default_help: str | None = None) -> None:
+    """``--model``; required unless ``default`` or ``default_help`` (a default the command fills in itself)."""
+    shown = default_help or default
+    parser.add_argument("--model", default=default, required=shown is None,
+                        help=f"{' | '.join(TRAINED_MODELS)} (built-in, trained here on drawn scenes), "
+                             f"{' | '.join(RANDOM_WEIGHT_MODELS)} (built-in, random weights: noise, for timing), a "
+                             "local folder or a Hub id" + (f" (default: {shown})" if shown else ""))
 
 
 def device_name(value: str) -> str:
@@ -38,17 +43,35 @@ def add_device(parser: argparse.ArgumentParser, device: str = "auto", dtype: str
                         help=f"weights' dtype; auto: float16 on CUDA, float32 on the CPU (default: {dtype})")
 
 
-def add_guidance(parser: argparse.ArgumentParser, default: float | None, dest: str = "guidance") -> None:
+def add_guidance(parser: argparse.ArgumentParser, default: float | None, dest: str = "guidance",
+                 default_help: str = "the preset's, else 7.5") -> None:
     parser.add_argument("--guidance", "--guidance-scale", dest=dest, type=float, default=default, metavar="SCALE",
                         help="classifier-free guidance scale (default: " + (f"{default:g})" if default is not None
-                                                                             else "the preset's, else 7.5)"))
+                                                                             else f"{default_help})"))
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars, the libraries' (model loading) included")
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence the progress bars huggingface_hub, transformers and diffusers draw while loading (``--no-progress``
+    promises no bars at all), for the ``with`` block. Only sets ``HF_HUB_DISABLE_PROGRESS_BARS``, which the first
+    two read when imported; `harness.loading.load_model` turns diffusers' bars off on seeing it (importing diffusers
+    here would import torch before the arguments are checked)."""
+    previous = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["HF_HUB_DISABLE_PROGRESS_BARS"]
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = previous
 
 
 def stage(command: str, message: str) -> None:
     """Say on stderr what the command is doing now (stdout keeps the results)."""
     print(f"turbo-diffusion {command}: {message}", file=sys.stderr, flush=True)
-

@@ -65,6 +65,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves: every image made so far, each under its own key."""
+    return (f"the images made so far are kept in {args.out}; run the same command again to resume (it makes only "
+            "the images it lacks)")
+
+
 def run(args: argparse.Namespace) -> int:
     skip = {name.strip() for name in args.skip_metrics.split(",") if name.strip()}
     unknown = sorted(skip - set(OPTIONAL_METRICS))
@@ -85,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--scorer {name!r}: write MODULE:NAME, e.g. mypackage.scoring:scene_iou")
     stage("compare", "importing torch, diffusers and transformers")
     from ..compare.api import compare
+    from ..harness.measure import choose_threads
+
+    threads = choose_threads() if args.device != "cuda" and not args.device.startswith("cuda:") else None
+    if threads:
+        stage("compare", threads)
 
     result = compare(args.model, **settings, out_dir=args.out, force=args.force,
                      metrics=[m for m in OPTIONAL_METRICS if m not in skip], clip_model=args.clip_model,

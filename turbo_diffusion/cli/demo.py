@@ -36,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
     stage("demo", "importing torch, diffusers, transformers and gradio")
     from ..demo.app import HOST, build_app, serve
     from ..demo.session import DemoSession
+    from ..harness.measure import choose_threads
+
+    threads = choose_threads() if args.device != "cuda" and not args.device.startswith("cuda:") else None
+    if threads:
+        stage("demo", threads)
 
     stage("demo", loading_message(args.model) + ", then warming up")
     session = DemoSession(args.model, args.device, args.dtype)

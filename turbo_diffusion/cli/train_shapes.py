@@ -36,6 +36,11 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves: the last checkpoint."""
+    return f"the last checkpoint in {args.out} is kept; add --resume to the same command to continue from it"
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     from ..shapes.train import TrainSpec, export_run, train_shapes

@@ -4,19 +4,16 @@ sentence. No torch here: the command line checks its arguments with it before lo
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
+from .. import model_names
 from ..config import DOWNSAMPLES, SEMANTICS, TurboConfig
-from ..model_names import SHAPES_FOLDER
+from ..model_names import GENERIC_PROMPT, SHAPES_PROMPT, default_model  # noqa: F401 (the page's)
 
 SWEEP_RATIOS = (0.0, 0.3, 0.5, 0.7)
 MAX_RATIO = 0.75  # 1 - 1/(sx*sy) with the default 2x2 windows: higher ratios are capped to it
 SIZE_RANGE = (64, 1024)
 MAX_STEPS = 150
-SHAPES_PROMPT = ("a large red circle at the top left and a small blue triangle at the bottom, "
-                 "on a striped gray background")
-GENERIC_PROMPT = "a lighthouse on a cliff at dusk"
 
 
 @dataclass(frozen=True)
@@ -45,19 +42,12 @@ class Settings:
         return dataclasses.replace(self, **fields)
 
 
-def default_model() -> str:
-    """``"shapes"`` when its weights are in the package, else ``"tiny"`` (random weights, instant)."""
-    return "shapes" if os.path.isfile(os.path.join(SHAPES_FOLDER, "model_index.json")) else "tiny"
-
-
 def defaults_for(model: str, native_size: int | None = None) -> Settings:
-    """The page's first settings for ``model``: a scene prompt at 128 px, 20 steps and guidance 5 for the shapes
-    model, else a generic prompt at the model's native size (``native_size``, else 512)."""
-    if model == "shapes" or os.path.abspath(model) == os.path.abspath(SHAPES_FOLDER):
-        return Settings(prompt=SHAPES_PROMPT, size=128, steps=20, guidance=5.0)
-    if model in ("tiny", "tiny-xl"):
-        return Settings(prompt="a red cat on a blue sofa", size=native_size or 64, steps=10)
-    return Settings(prompt=GENERIC_PROMPT, size=native_size or 512, steps=20)
+    """The page's first settings for ``model``: its `model_names.ModelDefaults` (a scene prompt at 128 px, 20 steps
+    and guidance 5 for the shapes model), at the model's native size (``native_size``, else 512) where the model
+    has no size of its own."""
+    d = model_names.defaults_for(model)
+    return Settings(prompt=d.prompt, size=native_size or d.size or 512, steps=d.steps, guidance=d.guidance)
 
 
 def from_page(prompt: str, seed: float, steps: float, size: float, guidance: float, ratio: float, alpha: float,

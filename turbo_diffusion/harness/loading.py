@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .errors import HarnessError, ModelLoadError
@@ -68,6 +69,11 @@ def load_model(model: str, dtype: str = "float32", device: Any = "cpu", seed: in
     from diffusers import UNet2DConditionModel
 
     from ..models import load_pipeline
+
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # the command line's --no-progress
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
 
     try:
         # float32 is what pipelines load in; casting them to it again only makes diffusers warn.

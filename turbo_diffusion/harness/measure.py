@@ -14,6 +14,7 @@ its grid, or a custom pair (`turbo_diffusion.bench.Variant`).
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -96,6 +97,97 @@ def timed(call: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class GenerationCost:
+    """What one generation costs, split so that other step counts can be estimated: ``once`` is the work done
+    once per image (text encoding, latents, decoding, the pipeline's own overhead), ``per_step`` one denoising
+    step (the UNet calls of a step, guidance included)."""
+
+    once: float
+    per_step: float
+
+    def estimate(self, steps: int) -> float:
+        """Seconds of a generation of ``steps`` steps."""
+        return self.once + steps * self.per_step
+
+
+def generation_cost(pipe: Any, generate: Callable[[int], Any], device: torch.device, steps: int = 2) -> GenerationCost:
+    """Run ``generate(steps)`` once, timing it whole and its UNet calls apart (a UNet hook synchronises the device
+    around each), and split the time into `GenerationCost`: a step is the fastest UNet call (the first call of a
+    process pays one-time set-up), the rest of the generation is the once-per-image work. A 1-step generation's
+    whole time times the step count would count the text encoder and the decoder at every step: 2.5-4x too long
+    on the CPU for 20 steps."""
+    unet_seconds: list[float] = []
+    started: list[float] = []
+
+    def before(module: Any, args: Any) -> None:
+        synchronize(device)
+        started.append(time.perf_counter())
+
+    def after(module: Any, args: Any, output: Any) -> None:
+        synchronize(device)
+        unet_seconds.append(time.perf_counter() - started.pop())
+
+    handles = [pipe.unet.register_forward_pre_hook(before), pipe.unet.register_forward_hook(after)]
+    try:
+        _, total = timed(lambda: generate(steps), device)
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_step = min(unet_seconds) * len(unet_seconds) / steps  # UNet calls per step: 1 with batched guidance
+    return GenerationCost(once=max(total - sum(unet_seconds), 0.0), per_step=per_step)
+
+
+def noisy_advice(names: Sequence[str], repeats: int, flag: str = "--repeats") -> str | None:
+    """The sentence every tool prints for measurements whose spread is above `NOISY_SPREAD` (``names``), or
+    ``None`` when there are none."""
+    if not names:
+        return None
+    return (f"noisy: {', '.join(names)}: slowest over fastest call above {NOISY_SPREAD:g}x, the machine was busy, so "
+            "these speed-ups are not reliable. For a clean number, rerun with the machine otherwise idle and more "
+            f"repeats ({flag} {max(10, 2 * repeats)}): the minimum over more repeats is the least disturbed call.")
+
+
+def machine_load() -> tuple[float, int] | None:
+    """``(load average over the last minute, logical CPUs)``, or ``None`` where the system does not say."""
+    try:
+        return os.getloadavg()[0], os.cpu_count() or 1
+    except (AttributeError, OSError):
+        return None
+
+
+def choose_threads() -> str | None:
+    """Give torch one thread per CPU that other work leaves free (the load average says how many it takes), at
+    least one; say so when that is fewer than torch's default. Nothing changes when ``OMP_NUM_THREADS`` is set.
+
+    Why: torch's default of one thread per CPU thrashes beside any other job. On the 2-core CPU this was built on,
+    the `shapes` model's 20-step generation took 1.83-3.19 s with 1 thread but 5.36-8.18 s with 2 (up to 39.9 s)
+    next to one other job, while on an idle machine 2 threads were 9% faster (benchmarks/RESULTS.md, run 14)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    load = machine_load()
+    if load is None:
+        return None
+    current = torch.get_num_threads()
+    threads = max(1, min(current, load[1] - round(load[0])))
+    if threads >= current:
+        return None
+    torch.set_num_threads(threads)
+    return (f"other work is running (load average {load[0]:.1f} on {load[1]} CPUs): torch uses {threads} thread"
+            f"{'s' if threads > 1 else ''} instead of {current}, which runs faster beside it (set OMP_NUM_THREADS to "
+            "choose)")
+
+
+def busy_warning() -> str | None:
+    """A sentence for the user when other work is running (the load average is above the CPU count), which makes
+    a single timing unreliable; ``None`` on a quiet machine."""
+    load = machine_load()
+    if load is None or load[0] <= load[1]:
+        return None
+    return (f"the machine is busy (load average {load[0]:.1f} on {load[1]} CPUs): timings will vary from run to "
+            "run; the speed-up is the median of interleaved runs, and a rerun on an idle machine is more reliable")
+
+
 def rotated(items: Sequence[Any], shift: int) -> list[Any]:
     """``items`` starting at ``shift`` (modulo their number): the order of repeat ``shift``."""
     shift %= max(len(items), 1)
@@ -139,6 +231,7 @@ def time_interleaved(
     measure_memory: bool = True,
     progress: Progress | None = None,
     compiled: bool = False,
+    prime: bool = True,
 ) -> dict[str, Timing]:
     """Time ``call()`` with each method installed on ``model`` (see the module docstring for the protocol).
 
@@ -153,6 +246,7 @@ def time_interleaved(
         progress: called with a short description after every call.
         compiled: ``call`` runs a module compiled with `compile_module`: prime eagerly, then time one compiling
             call per method and count the timed calls that compiled again (``Timing.recompiles``).
+        prime: make the priming call (skip it when the caller has already run each method once).
     """
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
@@ -165,9 +259,10 @@ def time_interleaved(
 
         limit = dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT)
     with torch.inference_mode(), limit:
-        with installed(model, methods[0]), eager() if compiled else nullcontext():
-            call()
-        report(f"priming {methods[0].name}")
+        if prime:
+            with installed(model, methods[0]), eager() if compiled else nullcontext():
+                call()
+            report(f"priming {methods[0].name}")
         for m in methods if compiled else ():
             with installed(model, m):
                 timings[m.name].compile_seconds = timed(call, device)[1]
