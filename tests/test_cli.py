@@ -267,16 +267,15 @@ def test_beside_other_work_torch_gets_the_cpus_left_free(monkeypatch):
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(measure.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
-    monkeypatch.setattr(measure.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(measure, "other_work", lambda: (1.1, 2))
     try:
         torch.set_num_threads(2)
         assert "torch uses 1 thread instead of 2" in measure.choose_threads()
         assert torch.get_num_threads() == 1
         torch.set_num_threads(2)
-        monkeypatch.setattr(measure.os, "getloadavg", lambda: (0.3, 0.2, 0.2))
+        monkeypatch.setattr(measure, "other_work", lambda: (0.2, 2))
         assert measure.choose_threads() is None and torch.get_num_threads() == 2  # idle: torch's default
-        monkeypatch.setattr(measure.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+        monkeypatch.setattr(measure, "other_work", lambda: (1.1, 2))
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         assert measure.choose_threads() is None and torch.get_num_threads() == 2  # the user's choice stands
     finally:

@@ -24,8 +24,13 @@ def loading_message(model: str) -> str:
 
 
 def about(seconds: float) -> str:
-    """A duration as a person says it: ``"40 s"``, ``"3 min"``."""
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    """A duration as a person says it: ``"40 s"``, ``"2 min 10 s"`` (to 10 s below 10 minutes), ``"14 min"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 600:
+        minutes, rest = divmod(round(seconds / 10) * 10, 60)
+        return f"{minutes} min" + (f" {rest} s" if rest else "")
+    return f"{seconds / 60:.0f} min"
 
 
 def resolve_device(name: str) -> Any:

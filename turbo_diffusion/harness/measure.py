@@ -156,24 +156,36 @@ def machine_load() -> tuple[float, int] | None:
         return None
 
 
+def other_work() -> tuple[float, int] | None:
+    """``(CPUs busy with other work right now, logical CPUs)``: CPU use sampled over a quarter of a second while
+    this process waits, so it counts the others only (the load average would count this process's own last minute
+    too). ``None`` where it cannot be read."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    cpus = os.cpu_count() or 1
+    return psutil.cpu_percent(interval=0.25) / 100 * cpus, cpus
+
+
 def choose_threads() -> str | None:
-    """Give torch one thread per CPU that other work leaves free (the load average says how many it takes), at
-    least one; say so when that is fewer than torch's default. Nothing changes when ``OMP_NUM_THREADS`` is set.
+    """Give torch one thread per CPU that other work leaves free (`other_work`), at least one; say so when that is
+    fewer than torch's default. Nothing changes when ``OMP_NUM_THREADS`` is set.
 
     Why: torch's default of one thread per CPU thrashes beside any other job. On the 2-core CPU this was built on,
     the `shapes` model's 20-step generation took 1.83-3.19 s with 1 thread but 5.36-8.18 s with 2 (up to 39.9 s)
     next to one other job, while on an idle machine 2 threads were 9% faster (benchmarks/RESULTS.md, run 14)."""
     if "OMP_NUM_THREADS" in os.environ:
         return None
-    load = machine_load()
-    if load is None:
+    busy = other_work()
+    if busy is None:
         return None
     current = torch.get_num_threads()
-    threads = max(1, min(current, load[1] - round(load[0])))
+    threads = max(1, min(current, busy[1] - round(busy[0])))
     if threads >= current:
         return None
     torch.set_num_threads(threads)
-    return (f"other work is running (load average {load[0]:.1f} on {load[1]} CPUs): torch uses {threads} thread"
+    return (f"other work is running ({busy[0]:.1f} of {busy[1]} CPUs busy): torch uses {threads} thread"
             f"{'s' if threads > 1 else ''} instead of {current}, which runs faster beside it (set OMP_NUM_THREADS to "
             "choose)")
 
