@@ -3,6 +3,7 @@ generates, the page's handlers and the ``demo`` subcommand. The browser test is 
 
 import functools
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -139,8 +140,48 @@ def test_compare_gives_both_images_times_fidelity_and_the_finest_plans(session):
     assert 0 < result.psnr < math.inf and -1 <= result.ssim < 1  # Turbo changed the image, a little
     assert [p.step for p in result.plans[::3]] == [0, 1] and result.plans[0].grid == (8, 8)
     assert all(p.merged_count == 32 for p in result.plans)  # floor(0.5 * 64)
-    assert [c[0] for c in calls] == list(range(1, 7)) and {c[1] for c in calls} == {6}
-    assert [c[2] for c in calls[::2]] == ["baseline", "Turbo", "recording Turbo's merges"]
+    # A run of the tiny model takes far under 10 s: 3 runs each, taking turns (baseline first, then Turbo first,
+    # then baseline), then the recording run: 7 runs of 2 steps.
+    assert result.repeats == 3 and len(result.baseline_timing.seconds) == 3
+    assert result.speedup == pytest.approx(result.baseline_timing.median / result.turbo_timing.median)
+    assert [c[0] for c in calls] == list(range(1, 15)) and {c[1] for c in calls} == {14}
+    assert [c[2] for c in calls[::2]] == ["baseline", "Turbo", "Turbo", "baseline", "baseline", "Turbo",
+                                          "recording Turbo's merges"]
+
+
+def test_a_slow_run_is_timed_once_and_the_page_says_what_one_run_means(session, monkeypatch):
+    from turbo_diffusion.harness import measure
+
+    monkeypatch.setattr(measure, "QUICK_RUN", 0.0)  # every run counts as slow
+    result = session.compare(session.defaults.replace(prompt="a red cat", **FAST))
+    assert result.repeats == 1
+    assert "one run each: noise cannot be seen" in demo_app.summarize(result)
+
+
+def test_the_repeats_asked_for_are_the_repeats_run(session, monkeypatch):
+    monkeypatch.setattr(session, "repeats", 2)
+    result = session.compare(session.defaults.replace(prompt="a red cat", **FAST))
+    assert len(result.turbo_timing.seconds) == len(result.baseline_timing.seconds) == 2
+    assert "medians of 2 runs each, taking turns; spread" in demo_app.summarize(result)
+    with pytest.raises(ValueError, match="repeats must be a whole number >= 1"):
+        DemoSession("tiny", device="cpu", repeats=0)
+
+
+def test_noisy_runs_and_a_busy_machine_are_said_on_the_page(session, monkeypatch):
+    from turbo_diffusion.demo import session as demo_session
+    from turbo_diffusion.harness.measure import Timing
+
+    busy = "the machine is busy (load average 3.0 on 2 CPUs): timings will vary"
+    monkeypatch.setattr(demo_session, "busy_warning", lambda: busy)
+    result = session.compare(session.defaults.replace(prompt="a red cat", **FAST))
+    result.turbo_timing = Timing("Turbo", [1.0, 2.0, 1.1])  # spread 2x
+    text = demo_app.summarize(result)
+    assert f"Note: {busy}." in text
+    assert "**Warning:** noisy: Turbo: slowest over fastest call above 1.5x" in text
+    assert "`turbo-diffusion demo --repeats` 10" in text
+    result.turbo_timing = Timing("Turbo", [1.0, 1.1, 1.05])
+    result.busy = None
+    assert "Warning" not in demo_app.summarize(result) and "Note" not in demo_app.summarize(result)
 
 
 def test_the_recorded_rerun_makes_the_same_image_as_the_timed_turbo_run(session):
@@ -219,8 +260,10 @@ def test_the_sweep_handler_captions_each_image_with_time_and_psnr(session):
     gallery, table = demo_app.on_sweep(session, session.defaults.replace(**FAST))
     assert [caption.split(":")[0] for _, caption in gallery] == ["ratio 0 (baseline)", "ratio 0.3", "ratio 0.5",
                                                                   "ratio 0.7"]
-    assert all(" s" in caption for _, caption in gallery) and "PSNR" in gallery[2][1]
-    assert table.count("\n") == 5 and "| 0.7 |" in table
+    assert gallery[0][1].endswith(" s") and re.fullmatch(r"ratio 0\.5: \d+\.\d\dx, \d+\.\d dB", gallery[2][1])
+    assert max(len(caption) for _, caption in gallery) <= 28  # a gallery tile's width: Gradio cuts longer ones
+    assert table.count("\n| ") == 4 and "| 0.7 |" in table and "spread" in table  # a row per ratio
+    assert "Medians of 3 runs per ratio, the ratios taking turns" in table
 
 
 def test_bad_input_becomes_a_readable_page_error_and_the_session_keeps_working(session, monkeypatch):
@@ -243,7 +286,7 @@ def test_bad_input_becomes_a_readable_page_error_and_the_session_keeps_working(s
     assert failed.value.print_exception is False  # printed once, by the handler, not again by Gradio
     assert "speed-up" in handler(*page_values(session.defaults.replace(**FAST)))[3]
     assert not session._lock.locked()
-    assert progress[-1] == ((6, 6), "recording Turbo's merges: step 6 of 6")
+    assert progress[-1] == ((14, 14), "recording Turbo's merges: step 14 of 14")  # 3 runs each, then the recording
 
 
 def test_the_page_builds_with_both_tabs_and_generating_events_share_one_queue_slot(session):

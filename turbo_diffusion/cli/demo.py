@@ -26,6 +26,9 @@ def add_parser(subparsers: Any) -> None:
     )
     default = default_model()
     add_model(p, default)
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per method for each speed-up, taking turns (default: 3 where a run takes under "
+                        "10 s, else 1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default: {DEFAULT_PORT})")
     add_device(p)
     p.set_defaults(func=run)
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         stage("demo", threads)
 
     stage("demo", loading_message(args.model) + ", then warming up")
-    session = DemoSession(args.model, args.device, args.dtype)
+    session = DemoSession(args.model, args.device, args.dtype, args.repeats)
     session.warm_up()
     stage("demo", f"serving on http://{HOST}:{args.port} (Ctrl+C stops)")
     serve(build_app(session), args.port, quiet=True)
@@ -59,6 +62,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.model == "shapes" and not os.path.isfile(os.path.join(SHAPES_FOLDER, "model_index.json")):
         raise UsageError(f"the shapes model's weights are missing from {SHAPES_FOLDER}; use --model tiny, or train "
                          "them with `turbo-diffusion train-shapes --out DIR` and pass --model DIR/pipeline")
+    if args.repeats is not None and args.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
     with socket.socket() as probe:  # refuse a busy port now, not after loading the model

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ..harness.measure import (
         busy_warning,
         choose_threads,
+        default_repeats,
         generation_cost,
         installed,
         noisy_advice,
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         with installed(pipe, method):
             costs[method.name] = generation_cost(pipe, generate, device)
     one_each = sum(cost.estimate(args.steps) for cost in costs.values())
-    repeats = args.repeats or (3 if one_each < 10 else 1)
+    repeats = args.repeats or default_repeats(max(cost.estimate(args.steps) for cost in costs.values()))
     if not args.baseline and baseline_out.exists():  # an earlier run's, not this one's
         baseline_out.unlink()
         stage("generate", f"removed {baseline_out}: an earlier run left it, this run makes no baseline")

@@ -20,11 +20,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: thi
 import gradio as gr  # noqa: E402
 
 from ..config import DOWNSAMPLES, SEMANTICS  # noqa: E402
+from ..harness.measure import Timing, busy_warning, noisy_advice  # noqa: E402
 from .session import Comparison, DemoSession, Progress, SweepImage, format_psnr  # noqa: E402
 from .settings import MAX_RATIO, MAX_STEPS, SIZE_RANGE, SWEEP_RATIOS, Settings, from_page  # noqa: E402
 from .visuals import blocks_of, describe, heat_map, merge_overlay, pick  # noqa: E402
 
 HOST = "127.0.0.1"
+DEMO_REPEATS_FLAG = "turbo-diffusion demo --repeats"
 TITLE = "Turbo token merging: side by side"
 # System fonts only: the page must not wait on a font server it cannot reach.
 # Small images (64 or 128 px) are shown at least as large as the 256 px maps, pixels kept sharp.
@@ -131,17 +133,29 @@ def on_inspect(result: Comparison | None, step: float, block: str | None) -> tup
 
 def on_sweep(session: DemoSession, settings: Settings, progress: Progress | None = None) -> tuple:
     """The Sweep button: one image per ratio with its time and PSNR, and a table of the numbers."""
+    busy = busy_warning()
     images = session.sweep(settings, SWEEP_RATIOS, progress)
-    return [(item.image, sweep_caption(item, images[0].seconds)) for item in images], sweep_table(images)
+    return [(item.image, sweep_caption(item, images[0].seconds)) for item in images], sweep_table(images, busy)
 
 
 def summarize(result: Comparison) -> str:
-    """The Compare tab's Markdown line: each time, the speed-up, PSNR and SSIM."""
-    s = result.settings
-    return (f"Baseline **{result.baseline_seconds:.2f} s**, Turbo **{result.turbo_seconds:.2f} s**: "
-            f"**speed-up {result.speedup:.2f}x** (one run each; `turbo-diffusion bench` times repeats). "
+    """The Compare tab's Markdown: each median time, the speed-up and what it rests on, PSNR and SSIM; a warning
+    when the machine was busy or the runs varied too much to trust."""
+    s, base, turbo = result.settings, result.baseline_timing, result.turbo_timing
+    runs = (f"medians of {result.repeats} runs each, taking turns; spread {turbo.spread:.2f}x with Turbo, "
+            f"{base.spread:.2f}x without" if result.repeats > 1 else "one run each: noise cannot be seen")
+    text = (f"Baseline **{result.baseline_seconds:.2f} s**, Turbo **{result.turbo_seconds:.2f} s**: "
+            f"**speed-up {result.speedup:.2f}x** ({runs}). "
             f"Turbo vs baseline: PSNR **{format_psnr(result.psnr)}**, SSIM **{result.ssim:.3f}**. "
             f"Seed {s.seed}, {s.steps} steps, {s.size} px, ratio {s.ratio:g}, alpha {s.alpha:g}, {s.semantic}.")
+    return text + _warnings(result.busy, [t for t in (turbo, base) if t.noisy], result.repeats)
+
+
+def _warnings(busy: str | None, noisy: list[Timing], repeats: int) -> str:
+    """The busy machine's and the noisy runs' warnings as the page shows them (empty when there are none)."""
+    advice = noisy_advice([t.name for t in noisy], repeats, f"`{DEMO_REPEATS_FLAG}`")
+    lines = ([f"Note: {busy}."] if busy else []) + ([f"**Warning:** {advice}"] if advice else [])
+    return "".join(f"\n\n{line}" for line in lines)
 
 
 def inspection_panel(result: Comparison | None, step: int, block: str | None) -> tuple:
@@ -156,20 +170,25 @@ def inspection_panel(result: Comparison | None, step: int, block: str | None) ->
 
 
 def sweep_caption(item: SweepImage, baseline_seconds: float) -> str:
-    """``"ratio 0.5: 1.20 s (1.31x), PSNR 28.4 dB"``."""
+    """Short enough for a gallery tile: ``"ratio 0.5: 1.31x, 28.4 dB"``; the baseline's ``"ratio 0 (baseline):
+    1.20 s"``. The table below the gallery has the rest."""
     if item.ratio == 0:
         return f"ratio 0 (baseline): {item.seconds:.2f} s"
-    return (f"ratio {item.ratio:g}: {item.seconds:.2f} s ({baseline_seconds / item.seconds:.2f}x), "
-            f"PSNR {format_psnr(item.psnr)}")
+    return f"ratio {item.ratio:g}: {baseline_seconds / item.seconds:.2f}x, {format_psnr(item.psnr)}"
 
 
-def sweep_table(images: list[SweepImage]) -> str:
-    """A Markdown table of the sweep: ratio, time, speed-up, PSNR and SSIM."""
-    rows = ["| ratio | time | speed-up | PSNR | SSIM |", "|---|---|---|---|---|"]
+def sweep_table(images: list[SweepImage], busy: str | None = None) -> str:
+    """A Markdown table of the sweep (ratio, median time, speed-up, spread, PSNR, SSIM), what the times rest on,
+    and the warnings of `summarize`."""
+    rows = ["| ratio | time (median) | speed-up | spread | PSNR | SSIM |", "|---|---|---|---|---|---|"]
     for item in images:
         rows.append(f"| {item.ratio:g} | {item.seconds:.2f} s | {images[0].seconds / item.seconds:.2f}x | "
-                    f"{format_psnr(item.psnr)} | {item.ssim:.3f} |")
-    return "\n".join(rows)
+                    f"{item.timing.spread:.2f}x | {format_psnr(item.psnr)} | {item.ssim:.3f} |")
+    repeats = len(images[0].timing.seconds)
+    rows.append("")
+    rows.append(f"Medians of {repeats} runs per ratio, the ratios taking turns; spread: slowest over fastest run."
+                if repeats > 1 else "One run per ratio: noise cannot be seen.")
+    return "\n".join(rows) + _warnings(busy, [i.timing for i in images if i.timing.noisy], repeats)
 
 
 def launch(model: str, port: int = 7860, device: str = "auto", dtype: str = "auto", block: bool = True) -> gr.Blocks:

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
 
-from .. import apply_turbo, inspect_plans, remove_turbo
+from .. import inspect_plans
 from ..compare.metrics import psnr, ssim
+from ..config import TurboConfig
 from ..harness.loading import load_model, resolve_device, resolve_dtype
-from ..harness.measure import timed
+from ..harness.measure import QUICK_REPEATS, Timing, busy_warning, installed, time_in_turns, timed
+from ..harness.methods import Method, make_method
 from ..models import RANDOM_WEIGHTS_NOTE, uses_random_weights
 from .settings import SWEEP_RATIOS, Settings, check, defaults_for
 from .visuals import PlanMaps, finest_plans
@@ -28,32 +29,55 @@ Progress = Callable[[int, int, str], None]
 
 @dataclass
 class Comparison:
-    """A baseline and a Turbo image on the same seed, their times, the Turbo image's distance to the baseline,
-    and the finest level's merge plans (from an untimed rerun of the Turbo generation: recording slows it)."""
+    """A baseline and a Turbo image on the same seed, their timings (runs taking turns), the Turbo image's distance
+    to the baseline, and the finest level's merge plans (from an untimed rerun of the Turbo generation: recording
+    slows it). ``busy`` is the warning said before timing when other work was running, else ``None``."""
 
     settings: Settings
     baseline: Image.Image
     turbo: Image.Image
-    baseline_seconds: float
-    turbo_seconds: float
+    baseline_timing: Timing
+    turbo_timing: Timing
     psnr: float
     ssim: float
     plans: list[PlanMaps] = field(default_factory=list)
+    busy: str | None = None
+
+    @property
+    def baseline_seconds(self) -> float:
+        """Median seconds of the baseline's runs."""
+        return self.baseline_timing.median
+
+    @property
+    def turbo_seconds(self) -> float:
+        """Median seconds of Turbo's runs."""
+        return self.turbo_timing.median
+
+    @property
+    def repeats(self) -> int:
+        return len(self.turbo_timing.seconds)
 
     @property
     def speedup(self) -> float:
+        """The ratio of the medians: above 1, Turbo is faster."""
         return self.baseline_seconds / self.turbo_seconds
 
 
 @dataclass
 class SweepImage:
-    """One image of a ratio sweep; ratio 0 is the baseline (no Turbo), the reference of the others."""
+    """One image of a ratio sweep; ratio 0 is the baseline (no Turbo), the reference of the others. ``timing``
+    holds its runs, taken in turns with the other ratios'."""
 
     ratio: float
     image: Image.Image
-    seconds: float
+    timing: Timing
     psnr: float
     ssim: float
+
+    @property
+    def seconds(self) -> float:
+        """Median seconds of its runs."""
+        return self.timing.median
 
 
 class DemoSession:
@@ -63,10 +87,15 @@ class DemoSession:
         model: a built-in name, a local folder or a Hub id (see `turbo_diffusion.models`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"auto"`` (float16 on CUDA, float32 on the CPU) or a dtype name.
+        repeats: timed runs per method and request, taking turns; ``None``: 3 where a run takes under 10 s, else
+            1 (`turbo_diffusion.harness.measure.default_repeats`). More runs: a steadier speed-up, a longer wait.
     """
 
-    def __init__(self, model: str, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", repeats: int | None = None) -> None:
+        if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
+            raise ValueError(f"repeats must be a whole number >= 1 or None, got {repeats!r}")
         self.model = model
+        self.repeats = repeats
         self.device = resolve_device(device)
         self.pipe = load_model(model, resolve_dtype(dtype, self.device), self.device)
         self.pipe.set_progress_bar_config(disable=True)
@@ -86,51 +115,53 @@ class DemoSession:
         settings = self.defaults.replace(steps=1)
         with self._lock:
             self._generate(settings, None)
-            with self._turbo(settings.turbo_config()):
+            with installed(self.pipe, _turbo_method(settings.turbo_config())):
                 self._generate(settings, None)
 
     def compare(self, settings: Settings, progress: Progress | None = None) -> Comparison:
-        """Generate ``settings`` without and with Turbo on the same seed, timing each, then once more with Turbo
-        under `inspect_plans` for the finest level's plans. ``ValueError`` for bad settings, before any work."""
-        config = check(settings)
-        report = _Counter(progress, 3 * settings.steps)
+        """Generate ``settings`` without and with Turbo on the same seed, the two taking turns (`time_in_turns`:
+        `repeats` runs each), then once more with Turbo under `inspect_plans` for the finest level's plans.
+        ``ValueError`` for bad settings, before any work."""
+        turbo = _turbo_method(check(settings))
+        report = _Counter(progress, settings.steps, 2, extra_runs=1)
         with self._lock:
-            baseline, baseline_seconds = self._generate(settings, report.phase("baseline"))
-            with self._turbo(config):
-                turbo, turbo_seconds = self._generate(settings, report.phase("Turbo"))
-                with inspect_plans(self.pipe) as records:
-                    self._generate(settings, report.phase("recording Turbo's merges"))
-        return Comparison(settings, baseline, turbo, baseline_seconds, turbo_seconds, psnr(turbo, baseline),
-                          ssim(turbo, baseline), finest_plans(records))
+            busy = busy_warning()
+            images, timings = self._in_turns(settings, {"baseline": make_method("baseline"), "Turbo": turbo}, report)
+            with installed(self.pipe, turbo), inspect_plans(self.pipe) as records:
+                self._generate(settings, report.phase("recording Turbo's merges"))
+        return Comparison(settings, images["baseline"], images["Turbo"], timings["baseline"], timings["Turbo"],
+                          psnr(images["Turbo"], images["baseline"]), ssim(images["Turbo"], images["baseline"]),
+                          finest_plans(records), busy)
 
     def sweep(self, settings: Settings, ratios: tuple[float, ...] = SWEEP_RATIOS,
               progress: Progress | None = None) -> list[SweepImage]:
-        """``settings`` at each of ``ratios`` (0: the baseline, without Turbo), each timed, with PSNR and SSIM to
-        the ratio-0 image. ``ValueError`` for bad settings or ratios, before any work."""
+        """``settings`` at each of ``ratios`` (0: the baseline, without Turbo), the ratios taking turns
+        (`time_in_turns`), with PSNR and SSIM to the ratio-0 image. ``ValueError`` for bad settings or ratios,
+        before any work."""
         if 0 not in ratios:
             raise ValueError("a sweep needs ratio 0, the reference of the others")
-        configs = {ratio: check(settings.replace(ratio=ratio)) for ratio in ratios}
-        report = _Counter(progress, len(ratios) * settings.steps)
-        generated: dict[float, tuple[Image.Image, float]] = {}
+        methods = {_ratio_name(r): make_method("baseline") if r == 0 else _turbo_method(check(settings.replace(
+            ratio=r))) for r in ratios}
+        report = _Counter(progress, settings.steps, len(ratios))
         with self._lock:
-            for ratio in ratios:
-                what = report.phase("baseline" if ratio == 0 else f"ratio {ratio:g}")
-                if ratio == 0:
-                    generated[ratio] = self._generate(settings, what)
-                else:
-                    with self._turbo(configs[ratio]):
-                        generated[ratio] = self._generate(settings, what)
-        reference = generated[0][0]
-        return [SweepImage(ratio, image, seconds, psnr(image, reference), ssim(image, reference))
-                for ratio, (image, seconds) in generated.items()]
+            images, timings = self._in_turns(settings, methods, report)
+        reference = images[_ratio_name(0)]
+        return [SweepImage(r, images[_ratio_name(r)], timings[_ratio_name(r)], psnr(images[_ratio_name(r)], reference),
+                           ssim(images[_ratio_name(r)], reference)) for r in ratios]
 
-    @contextmanager
-    def _turbo(self, config: Any) -> Iterator[None]:
-        apply_turbo(self.pipe, config)
-        try:
-            yield
-        finally:
-            remove_turbo(self.pipe)
+    def _in_turns(self, settings: Settings, methods: dict[str, Method],
+                  report: _Counter) -> tuple[dict[str, Image.Image], dict[str, Timing]]:
+        """Each of ``methods`` (by the name the page shows) generating ``settings``, taking turns: the image of
+        each (the same at every run: same seed) and its `Timing`."""
+        images: dict[str, Image.Image] = {}
+        current: list[str] = []
+
+        def call() -> None:
+            images[current[0]], _ = self._generate(settings, report.phase(current[0]))
+
+        turns = [_Shown(shown, method, current) for shown, method in methods.items()]
+        timings = time_in_turns(self.pipe, turns, call, self.device, self.repeats, on_repeats=report.set_rounds)
+        return images, timings
 
     def _generate(self, settings: Settings, on_step: Callable[[], None] | None) -> tuple[Image.Image, float]:
         """One image of ``settings`` and its seconds; ``on_step`` is called after every denoising step."""
@@ -150,11 +181,44 @@ class DemoSession:
             return timed(call, self.device)
 
 
-class _Counter:
-    """Counts denoising steps across the phases of one request and reports them to a `Progress`."""
+@dataclass
+class _Shown:
+    """A method under the name the page shows for it, which notes in ``current`` that it is the one installed."""
 
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
+    name: str
+    method: Method
+    current: list[str]
+
+    def install(self, model: Any) -> None:
+        self.method.install(model)
+        self.current[:] = [self.name]
+
+    def uninstall(self, model: Any) -> None:
+        self.method.uninstall(model)
+
+
+def _turbo_method(config: TurboConfig) -> Method:
+    """The harness's method for the page's Turbo settings."""
+    return make_method("turbo", config.ratio, alpha=config.alpha, semantic=config.semantic,
+                       max_downsample=config.max_downsample)
+
+
+def _ratio_name(ratio: float) -> str:
+    return "baseline" if ratio == 0 else f"ratio {ratio:g}"
+
+
+class _Counter:
+    """Counts denoising steps across the phases of one request and reports them to a `Progress`. The total is
+    ``steps`` x (``methods`` x rounds + ``extra_runs``); rounds are taken to be `QUICK_REPEATS` until
+    `set_rounds` says how many there are (after the first round)."""
+
+    def __init__(self, progress: Progress | None, steps: int, methods: int, extra_runs: int = 0) -> None:
+        self.progress, self.done = progress, 0
+        self.steps, self.methods, self.extra_runs = steps, methods, extra_runs
+        self.set_rounds(QUICK_REPEATS)
+
+    def set_rounds(self, rounds: int) -> None:
+        self.total = self.steps * (self.methods * rounds + self.extra_runs)
 
     def phase(self, what: str) -> Callable[[], None]:
         def step() -> None:

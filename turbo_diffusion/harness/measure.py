@@ -28,6 +28,8 @@ from .memory import PeakMemory, peak_memory
 
 Progress = Callable[[str], None]
 NOISY_SPREAD = 1.5  # max / min above this flags a measurement as noisy
+QUICK_RUN = 10.0  # seconds: a run shorter than this is timed QUICK_REPEATS times per method by default
+QUICK_REPEATS = 3
 RECOMPILE_LIMIT = 64  # torch.compile cache entries per frame while methods take turns (torch's default is 8)
 
 
@@ -136,6 +138,31 @@ def generation_cost(pipe: Any, generate: Callable[[int], Any], device: torch.dev
             handle.remove()
     per_step = min(unet_seconds) * len(unet_seconds) / steps  # UNet calls per step: 1 with batched guidance
     return GenerationCost(once=max(total - sum(unet_seconds), 0.0), per_step=per_step)
+
+
+def default_repeats(seconds_per_run: float) -> int:
+    """Timed runs per method where the user did not say: `QUICK_REPEATS` where one run takes under `QUICK_RUN`
+    seconds, else 1. One run each is no measurement on a shared machine: the README's first command once read
+    0.18x (Turbo 29.4 s, baseline 5.4 s) where quiet runs read 1.04-1.07x."""
+    return QUICK_REPEATS if seconds_per_run < QUICK_RUN else 1
+
+
+def time_in_turns(model: Any, methods: Sequence[Installable], call: Callable[[], Any], device: torch.device,
+                  repeats: int | None = None, on_repeats: Callable[[int], None] | None = None) -> dict[str, Timing]:
+    """Time ``call()`` with each method installed, the methods taking turns, with no priming or warm-up call (the
+    caller has warmed up): a first round, each method once, which is timed too and says how long a run takes; then
+    rounds in rotating order (`time_interleaved`) up to ``repeats`` in all (``None``: `default_repeats` of the
+    slowest first run). ``on_repeats`` is told the number of rounds once it is known."""
+    timings = time_interleaved(model, methods, call, device, repeats=1, warmup=0, measure_memory=False, prime=False)
+    rounds = repeats or default_repeats(max(t.best for t in timings.values()))
+    if on_repeats is not None:
+        on_repeats(rounds)
+    if rounds > 1:
+        more = time_interleaved(model, rotated(methods, 1), call, device, repeats=rounds - 1, warmup=0,
+                                measure_memory=False, prime=False)
+        for name, timing in more.items():
+            timings[name].seconds += timing.seconds
+    return timings
 
 
 def noisy_advice(names: Sequence[str], repeats: int, flag: str = "--repeats") -> str | None:
