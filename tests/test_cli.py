@@ -303,3 +303,17 @@ def test_repeats_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "a red cat", "--model", "tiny", "--repeats", "0"])
     assert exit_info.value.code == 2 and "--repeats must be at least 1" in capsys.readouterr().err
+
+
+def test_compare_defaults_to_the_trained_model_and_its_own_prompt_preset(monkeypatch, tmp_path):
+    from turbo_diffusion.compare import api
+
+    asked = {}
+    monkeypatch.setattr(api, "compare", lambda model, **kwargs: asked.update(model=model, **kwargs))
+    assert main(["compare", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert asked["model"] == "shapes" and asked["prompts"] == "shapes-quick" and asked["repeats"] is None
+    assert main(["compare", "--model", "tiny", "--repeats", "5", "--out", str(tmp_path / "d")]) == 0
+    assert asked["model"] == "tiny" and asked["prompts"] == "smoke" and asked["repeats"] == 5
+    with pytest.raises(SystemExit) as refused:
+        main(["compare", "--repeats", "0", "--out", str(tmp_path / "e")])
+    assert refused.value.code == 2

@@ -66,7 +66,8 @@ def full(pipe, tmp_path_factory):
 
 def small(pipe, out, **kwargs):
     """1 prompt x 1 seed x (baseline, turbo@0.5)."""
-    settings = dict(prompts=PROMPTS[:1], seeds=[0], methods="baseline,turbo@0.5", out_dir=out, pipeline=pipe, **FAST)
+    settings = dict(prompts=PROMPTS[:1], seeds=[0], methods="baseline,turbo@0.5", out_dir=out, pipeline=pipe,
+                    repeats=1, **FAST)
     settings.update(kwargs)
     return compare("tiny", **settings)
 
@@ -576,3 +577,46 @@ def test_a_preset_may_carry_prompt_records(monkeypatch):
     scenes = Preset("scenes", "records with metadata", ({"prompt": "a red circle", "scene_seed": 1}, "a square"))
     monkeypatch.setattr(prompts_module, "presets", lambda: {"scenes": scenes})
     assert load_prompts("scenes") == ([{"prompt": "a red circle", "scene_seed": 1}, {"prompt": "a square"}], scenes)
+
+
+# ---- speed: runs taking turns, spread, noisy ---------------------------------------------------------------------
+
+
+def test_a_quick_run_is_timed_three_times_per_method_and_the_extra_images_are_not_kept(pipe, tmp_path,
+                                                                                        count_generations):
+    lines = []
+    result = small(pipe, tmp_path, metrics=(), repeats=None, log=lines.append)  # the tiny model: far under 10 s
+    # one 2-step warm-up per method, the two images, then two more rounds of the first prompt, methods taking turns
+    assert [steps for *_, steps in count_generations] == [2, 2] + [FAST["steps"]] * (2 + 2 * 2)
+    assert re.fullmatch(r"generating 2 images of 2 steps, then 2 more timed runs of each method for the speed-up "
+                        r"\(images not kept\): expected about \d+ s \(from the warm-up\)", lines[1])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "images").rglob("*.png")) == sorted(
+        r.path for r in result.images)
+    for m in result.methods:
+        assert m.timed_runs == 3 and m.spread >= 1 and m.noisy == (m.spread > 1.5)
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert [m["timed_runs"] for m in data["methods"]] == [3, 3] and "spread" in data["methods"][0]
+    assert any("timed on 2 more generations of the first prompt and seed" in n for n in result.notes)
+    assert "spread (runs)" in (tmp_path / "report.md").read_text()
+
+
+def test_the_speed_up_is_over_every_timed_run_and_a_wide_spread_is_flagged_noisy():
+    from turbo_diffusion.compare.api import _notes
+    from turbo_diffusion.compare.results import ImageRecord, summarize
+    from turbo_diffusion.compare.spec import make_spec
+
+    spec = make_spec("tiny", ["a"], [0], "baseline,turbo@0.5", 2, 7.5, 64, 64, "float32", "cpu")
+    records = [ImageRecord("baseline", 0, "a", 0, "b.png", 2.0), ImageRecord("turbo@0.5", 0, "a", 0, "t.png", 1.0)]
+    extra = {"baseline": [2.2, 2.1], "turbo@0.5": [1.1, 3.0]}
+    base, turbo = summarize(records, spec.methods, extra)
+    assert base.seconds_per_image == 2.1 and turbo.seconds_per_image == 1.1 and turbo.speedup == 2.1 / 1.1
+    assert base.timed_runs == turbo.timed_runs == 3
+    assert not base.noisy and turbo.noisy and turbo.spread == 3.0
+    notes = _notes(spec, records, extra, [base, turbo])
+    assert any(n.startswith("Warning: noisy: turbo@0.5: slowest over fastest call above 1.5x") for n in notes)
+    assert not any("noisy" in n for n in _notes(spec, records, {}, summarize(records, spec.methods)))
+
+
+def test_repeats_below_one_are_refused(pipe, tmp_path):
+    with pytest.raises(CompareError, match="repeats must be a whole number >= 1"):
+        small(pipe, tmp_path, repeats=0)

@@ -33,17 +33,19 @@ class ModelDefaults:
         size: image side in pixels, or ``None`` for the model's own (its UNet's sample size times 8).
         steps: denoising steps.
         guidance: classifier-free guidance scale.
+        preset: the `compare` prompt preset made for it.
     """
 
     prompt: str
     size: int | None
     steps: int
     guidance: float
+    preset: str = "smoke"
 
 
 # The shapes model was trained at 128 px and is judged at guidance 5 (at 7.5 it adds objects: benchmarks/QUALITY.md).
 _DEFAULTS = {
-    "shapes": ModelDefaults(SHAPES_PROMPT, 128, 20, 5.0),
+    "shapes": ModelDefaults(SHAPES_PROMPT, 128, 20, 5.0, "shapes-quick"),
     "tiny": ModelDefaults("a red cat on a blue sofa", 64, 10, 7.5),
     "tiny-xl": ModelDefaults("a red cat on a blue sofa", 64, 10, 7.5),
 }

@@ -15,7 +15,7 @@ from typing import Any
 from ..compare.spec import DEFAULT_CLIP_MODEL, DEFAULT_METHODS, OPTIONAL_METRICS, make_spec
 from ..harness.methods import SYNTAX
 from ..harness.output import check_writable
-from ..model_names import check_model_name
+from ..model_names import check_model_name, default_model, defaults_for
 from .common import OUTPUTS, UsageError, add_device, add_guidance, add_model, add_progress, stage
 
 
@@ -28,11 +28,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "baseline image, CLIP score and FID where their weights can be loaded. Writes images, a grid "
                     "per prompt, metrics.json/.csv, a speed-vs-quality plot and report.md/.html to --out.",
     )
-    add_model(parser, None)
-    parser.add_argument("--prompts", default="smoke", metavar="FILE|PRESET",
+    add_model(parser, None, default_help=f"{default_model()}, the model trained here")
+    parser.add_argument("--prompts", default=None, metavar="FILE|PRESET",
                         help="a preset (paper: ImageNet-1k classes, 512 px, 50 PLMS steps, guidance 7.5, seeds 0 1; "
-                             "smoke: 4 prompts), a .jsonl file of records {\"prompt\": ..., ...metadata} or a text "
-                             "file with one prompt per line (default: smoke)")
+                             "smoke: 4 prompts; shapes: 200 scenes for the shapes model, 2 seeds; shapes-quick: 16 of "
+                             "them, 1 seed), a .jsonl file of records {\"prompt\": ..., ...metadata} or a text "
+                             "file with one prompt per line (default: shapes-quick for the shapes model, else smoke)")
     parser.add_argument("--seeds", "--seed", nargs="+", default=None, metavar="SEED",
                         help="seeds, e.g. '0 1 2' or '0,1,2' (default: the preset's, else 0)")
     parser.add_argument("--methods", nargs="+", default=[DEFAULT_METHODS], metavar="METHODS",
@@ -44,6 +45,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=None, help="image width, a multiple of 8")
     parser.add_argument("--out", default=f"{OUTPUTS}/compare", metavar="DIR",
                         help=f"output folder (default: {OUTPUTS}/compare)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per method at least, taking turns; beyond the images, the first prompt is "
+                             "generated again, not kept (default: 3 where a run takes under 10 s, else 1)")
     parser.add_argument("--force", action="store_true",
                         help="regenerate every image and overwrite a comparison of other settings in DIR")
     add_device(parser)
@@ -77,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--skip-metrics: unknown metric(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(OPTIONAL_METRICS)}")
+    args.model = args.model or default_model()
+    args.prompts = args.prompts or defaults_for(args.model).preset
+    if args.repeats is not None and args.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     settings = dict(prompts=args.prompts, seeds=_seeds(args.seeds), methods=args.methods, steps=args.steps,
                     guidance=args.guidance, height=args.height, width=args.width, dtype=args.dtype,
                     max_prompts=args.max_prompts)
@@ -101,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                      metrics=[m for m in OPTIONAL_METRICS if m not in skip], clip_model=args.clip_model,
                      fid_reference=args.fid_reference, fid_weights=args.fid_weights, progress=not args.no_progress,
                      device=args.device, log=lambda line: stage("compare", line),
-                     scorers=[_import_scorer(name) for name in args.scorer])
+                     scorers=[_import_scorer(name) for name in args.scorer], repeats=args.repeats)
     if result is not None:  # main process
         _print_summary(result)
     return 0

@@ -14,6 +14,7 @@ import torch
 from ..harness.environment import environment, invoked_command
 from ..harness.errors import SavedElsewhere
 from ..harness.loading import load_model, loading_message, resolve_device
+from ..harness.measure import noisy_advice
 from ..harness.output import check_writable, fallback_path
 from ..harness.output import write_json as write_json_file
 from ..model_names import RANDOM_WEIGHTS_NOTE
@@ -82,6 +83,7 @@ def compare(
     scorers: Sequence[Scorer] = (),
     device: str = "auto",
     log: Log | None = None,
+    repeats: int | None = None,
 ) -> CompareResult | None:
     """Generate every prompt x seed with every method and compare them with the baseline.
 
@@ -106,6 +108,8 @@ def compare(
         progress: show progress bars.
         device: ``"auto"`` (the accelerate process's device), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         log: called with a line before each long stage (loading, warm-up, generating, scoring).
+        repeats: timed runs per method at least, for the speed-up (see `runner.generate`); ``None``: 3 where a
+            run takes under 10 s, else 1. Images beyond the prompts x seeds are timed, not kept.
 
     Returns:
         The `CompareResult` (also written to ``out_dir``) on the main process; ``None`` on the others under
@@ -120,12 +124,12 @@ def compare(
     spec = make_spec(model, prompts, seeds, methods, steps, guidance, height, width, dtype, device.type, max_prompts)
     scoring = Scoring(tuple(metrics), tuple(scorers), clip_model, fid_reference, fid_weights, fid_feature_extractor)
     return run_compare(spec, out_dir, scoring, pipeline=pipeline, device=device, force=force, progress=progress,
-                       log=log)
+                       log=log, repeats=repeats)
 
 
 def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring = Scoring(), *, pipeline: Any = None,
                 device: torch.device | None = None, force: bool = False, progress: bool = True,
-                log: Log | None = None) -> CompareResult | None:
+                log: Log | None = None, repeats: int | None = None) -> CompareResult | None:
     """Generate, score and report ``spec`` in ``out_dir`` (see `compare`). ``device`` defaults to the
     pipeline's, else the accelerate process's."""
     from accelerate.utils import gather_object
@@ -135,6 +139,8 @@ def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring 
     state = process_state(device)
     device = device or state.device
     scoring.check()
+    if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
+        raise CompareError(f"repeats must be a whole number >= 1 or None, got {repeats!r}")
     out = Path(out_dir)
     check_writable(out, "output folder", folder=True)
     check_output_dir(out, spec, force)
@@ -149,10 +155,11 @@ def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring 
         pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
     scheduler_name = type(pipe.scheduler).__name__
     try:
-        records = generate(pipe, spec, out, process_share(state, len(spec.prompts)), force=force,
-                           progress=progress, position=state.process_index, random_note=random_note,
-                           on_first_image=(lambda: write_config(out, spec)) if state.is_main_process else None,
-                           log=say if state.is_main_process else None)
+        records, extra_seconds = generate(
+            pipe, spec, out, process_share(state, len(spec.prompts)), force=force, progress=progress,
+            position=state.process_index, random_note=random_note,
+            on_first_image=(lambda: write_config(out, spec)) if state.is_main_process else None,
+            log=say if state.is_main_process else None, repeats=repeats)
     finally:
         pipe.scheduler = saved_scheduler
 
@@ -160,7 +167,9 @@ def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring 
     skipped: dict[str, str] = {}
     scorers = load_scorers(scoring.metrics, scoring.clip_model, device, skipped) + list(scoring.scorers)
     score_images(records, out, spec.prompts, spec.methods[0].label, scorers)
-    records = gather_object(records) if state.num_processes > 1 else records
+    if state.num_processes > 1:
+        records = gather_object(records)
+        extra_seconds = _merged(gather_object([extra_seconds]))
     if not state.is_main_process:
         state.wait_for_everyone()
         return None
@@ -173,12 +182,12 @@ def run_compare(spec: CompareSpec, out_dir: str | os.PathLike, scoring: Scoring 
         fingerprint=spec.fingerprint(),
         random_weights=random_note is not None,
         device=str(device),
-        methods=summarize(records, spec.methods),
+        methods=summarize(records, spec.methods, extra_seconds),
         images=records,
         skipped=skipped,
         environment=environment(device, random_note is not None, invoked_command()),
     )
-    result.notes += _notes(spec, records)
+    result.notes += _notes(spec, records, extra_seconds, result.methods)
     if "fid" in scoring.metrics:
         add_fid(result, spec.methods, scoring.fid_reference, scoring.fid_weights, scoring.fid_feature_extractor,
                 device)
@@ -208,9 +217,27 @@ def process_share(state: Any, count: int) -> list[int]:
     return list(range(state.process_index, count, state.num_processes))
 
 
-def _notes(spec: CompareSpec, records: list[Any]) -> list[str]:
+def _merged(parts: Sequence[Mapping[str, list[float]]]) -> dict[str, list[float]]:
+    """Extra timed runs of every process, per method."""
+    merged: dict[str, list[float]] = {}
+    for part in parts:
+        for label, seconds in part.items():
+            merged.setdefault(label, []).extend(seconds)
+    return merged
+
+
+def _notes(spec: CompareSpec, records: list[Any], extra_seconds: Mapping[str, list[float]],
+           methods: Sequence[Any]) -> list[str]:
     notes = ["Peak memory is that of each method's warm-up generation: the CUDA allocator's peak on CUDA, the "
              "process's peak resident memory on the CPU."]
+    extra = max((len(s) for s in extra_seconds.values()), default=0)
+    if extra:
+        notes.append(f"Besides its images, each method was timed on {extra} more generation{'s' if extra > 1 else ''}"
+                     " of the first prompt and seed (not kept), so that every speed-up rests on at least "
+                     f"{min(m.timed_runs for m in methods)} runs.")
+    advice = noisy_advice([m.method for m in methods if m.noisy], min(m.timed_runs for m in methods) or 1)
+    if advice:
+        notes.append(f"Warning: {advice}")
     reused = sum(r.reused for r in records)
     if reused:
         notes.append(f"{reused} of {len(records)} images were reused from an earlier run in this folder; their "

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..harness.output import atomic_write_text
 from ..harness.output import write_json as write_json_file
-from .results import BUILTIN_SCORES, SPEED_NOTE, CompareResult
+from .results import BUILTIN_SCORES, SPEED_NOTE, CompareResult, MethodSummary
 from .runner import save_png
 
 MAX_GRIDS_IN_REPORT = 24
@@ -146,7 +146,8 @@ def write_json(result: CompareResult) -> None:
     write_json_file(result.out_dir / "metrics.json", result.to_json())
 
 
-CSV_COLUMNS = ("method", "kind", "images", "seconds_per_image", "speedup", "peak_memory_mb", "psnr_db",
+CSV_COLUMNS = ("method", "kind", "images", "seconds_per_image", "speedup", "timed_runs", "spread", "noisy",
+               "peak_memory_mb", "psnr_db",
                "identical", "ssim", "lpips", "clip_score", "fid", "random_weights")
 
 
@@ -159,7 +160,8 @@ def write_csv(result: CompareResult) -> None:
     writer.writerow([*CSV_COLUMNS, *extra])
     for m in result.methods:
         writer.writerow([m.method, m.kind, m.images, _num(m.seconds_per_image, 4), _num(m.speedup, 3),
-                         _num(_mb(m.peak_memory_bytes), 1), _num(m.psnr, 3), m.identical, _num(m.ssim, 4),
+                         m.timed_runs, _num(m.spread, 3), m.noisy, _num(_mb(m.peak_memory_bytes), 1),
+                         _num(m.psnr, 3), m.identical, _num(m.ssim, 4),
                          _num(m.lpips, 4), _num(m.clip_score, 3), _num(m.fid, 3), result.random_weights,
                          *(_num(m.scores.get(name), 4) for name in extra)])
     atomic_write_text(result.out_dir / "metrics.csv", buffer.getvalue())
@@ -173,7 +175,8 @@ def _extra_scores(result: CompareResult) -> list[str]:
 # ---- markdown and HTML -------------------------------------------------------------------------------------
 
 
-TABLE_HEADER = ("method", "images", "s / image (median)", "speed-up", "peak memory (MB)", "PSNR (dB)", "SSIM",
+TABLE_HEADER = ("method", "images", "s / image (median)", "speed-up", "spread (runs)", "peak memory (MB)", "PSNR (dB)",
+                "SSIM",
                 "LPIPS", "CLIP score", "FID")
 
 
@@ -196,6 +199,7 @@ def table_rows(result: CompareResult) -> list[list[str]]:
             fid = "n/a (reference)"
         rows.append([
             m.method, str(m.images), _num(m.seconds_per_image, 3), _num(m.speedup, 2) + ("x" if m.speedup else ""),
+            _spread(m),
             _num(_mb(m.peak_memory_bytes), 0) or "not measured", psnr, _num(m.ssim, 4),
             _num(m.lpips, 4) if "lpips" not in skipped else "skipped",
             _num(m.clip_score, 2) if "clip_score" not in skipped else "skipped",
@@ -203,6 +207,13 @@ def table_rows(result: CompareResult) -> list[list[str]]:
             *(_num(m.scores.get(name), 4) for name in extra),
         ])
     return rows
+
+
+def _spread(m: MethodSummary) -> str:
+    """``"1.04x (3)"``: slowest over fastest timed run and the number of runs; ``noisy`` when above the limit."""
+    if m.spread is None:
+        return f"- ({m.timed_runs})"
+    return f"{m.spread:.2f}x ({m.timed_runs})" + (" noisy" if m.noisy else "")
 
 
 def _intro(result: CompareResult, random_note: str | None) -> tuple[list[str], list[str]]:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..harness.measure import NOISY_SPREAD
 from ..harness.output import json_safe
 
 SPEED_NOTE = ("Speed in `compare` is indicative: each image is timed end to end (text encoder, UNet, VAE) one at a "
-              "time, methods interleaved per prompt and seed after one warm-up each, and medians are reported. "
-              "Use `turbo-diffusion bench` to measure speed.")
+              "time, the methods taking turns per prompt and seed after one warm-up each, at least 3 runs per "
+              "method where a run takes under 10 s (--repeats); medians are reported, with the spread (slowest "
+              "over fastest run). Use `turbo-diffusion bench` to measure speed.")
 BUILTIN_SCORES = ("psnr", "ssim", "lpips", "clip_score")  # always in the JSON, null when they did not run
 
 
@@ -60,8 +62,10 @@ class MethodSummary(_Scores):
     """Aggregates over a method's images.
 
     Attributes:
-        seconds_per_image: median seconds per image.
+        seconds_per_image: median seconds per image, over its images' runs and any extra timed runs.
         speedup: the baseline's median over this method's median (above 1 is faster than the baseline).
+        timed_runs: how many runs the median is over.
+        spread: slowest over fastest of those runs (``None`` below two); above `NOISY_SPREAD`, ``noisy``.
         peak_memory_bytes: the largest peak memory over its images (see `ImageRecord`).
         identical: how many images are pixel-identical to the baseline image (infinite PSNR).
         scores: the mean of each scorer number over the images: over its finite values, or infinite when every
@@ -74,6 +78,8 @@ class MethodSummary(_Scores):
     images: int
     seconds_per_image: float | None = None
     speedup: float | None = None
+    timed_runs: int = 0
+    spread: float | None = None
     peak_memory_bytes: int | None = None
     identical: int = 0
     fid: float | None = None
@@ -81,8 +87,14 @@ class MethodSummary(_Scores):
 
     def to_dict(self) -> dict[str, Any]:
         base = {k: getattr(self, k) for k in ("method", "kind", "images", "seconds_per_image", "speedup",
-                                              "peak_memory_bytes", "identical", "fid")}
+                                              "timed_runs", "spread", "noisy", "peak_memory_bytes", "identical",
+                                              "fid")}
         return base | dict.fromkeys(BUILTIN_SCORES) | self.scores
+
+    @property
+    def noisy(self) -> bool:
+        """Its runs varied more than `NOISY_SPREAD` (slowest over fastest): the machine was busy."""
+        return self.spread is not None and self.spread > NOISY_SPREAD
 
 
 @dataclass
@@ -130,16 +142,19 @@ class CompareResult:
         })
 
 
-def summarize(records: list[ImageRecord], methods: Sequence[Any]) -> list[MethodSummary]:
-    """One `MethodSummary` per method, in the order of ``methods`` (objects with ``label`` and ``kind``); speed-ups
-    are over the method of kind ``baseline``."""
+def summarize(records: list[ImageRecord], methods: Sequence[Any],
+              extra_seconds: Mapping[str, list[float]] | None = None) -> list[MethodSummary]:
+    """One `MethodSummary` per method, in the order of ``methods`` (objects with ``label`` and ``kind``); its time
+    is over its images and its ``extra_seconds`` (timed runs that made no image); speed-ups are over the method of
+    kind ``baseline``."""
     by_method: dict[str, list[ImageRecord]] = {m.label: [] for m in methods}
     for record in records:
         by_method[record.method].append(record)
     summaries = []
     for method in methods:
         rows = by_method[method.label]
-        seconds = [r.seconds for r in rows if r.seconds is not None]
+        seconds = [r.seconds for r in rows if r.seconds is not None] + list((extra_seconds or {}).get(method.label,
+                                                                                                     []))
         memory = [r.peak_memory_bytes for r in rows if r.peak_memory_bytes is not None]
         names = dict.fromkeys(name for r in rows for name in r.scores)
         summaries.append(MethodSummary(
@@ -147,6 +162,8 @@ def summarize(records: list[ImageRecord], methods: Sequence[Any]) -> list[Method
             kind=method.kind,
             images=len(rows),
             seconds_per_image=statistics.median(seconds) if seconds else None,
+            timed_runs=len(seconds),
+            spread=max(seconds) / min(seconds) if len(seconds) > 1 else None,
             peak_memory_bytes=max(memory) if memory else None,
             identical=sum(r.psnr == math.inf for r in rows),
             scores={name: _mean([r.scores[name] for r in rows if r.scores.get(name) is not None]) for name in names},

@@ -32,7 +32,15 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from ..harness.loading import about
-from ..harness.measure import installed, rotated, timed
+from ..harness.measure import (
+    busy_warning,
+    default_repeats,
+    generation_cost,
+    installed,
+    rotated,
+    time_interleaved,
+    timed,
+)
 from ..harness.memory import MIB, peak_memory
 from ..harness.methods import Method
 from ..harness.output import write_json
@@ -111,11 +119,17 @@ def generation_size(pipe: Any, spec: CompareSpec) -> tuple[int, int]:
 
 def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequence[int], force: bool = False,
              progress: bool = True, position: int = 0, random_note: str | None = None,
-             on_first_image: Callable[[], None] | None = None,
-             log: Callable[[str], None] | None = None) -> list[ImageRecord]:
-    """Generate (or reuse) every image of ``prompt_indices`` x seeds x methods; return their records.
-    ``on_first_image`` is called once, just before the first new image is saved; ``log`` with a line before the
-    warm-up and before the generations (with the time they are expected to take)."""
+             on_first_image: Callable[[], None] | None = None, log: Callable[[str], None] | None = None,
+             repeats: int | None = None) -> tuple[list[ImageRecord], dict[str, list[float]]]:
+    """Generate (or reuse) every image of ``prompt_indices`` x seeds x methods; return their records and the
+    seconds of extra timed runs per method.
+
+    The images are timed as they are made, the methods taking turns per prompt and seed. Where they give a method
+    fewer than ``repeats`` timed runs (``None``: 3 where a run takes under 10 s, else 1; see
+    `turbo_diffusion.harness.measure.default_repeats`), the first prompt and seed are generated again, the methods
+    taking turns, until they have; those images are not kept. ``on_first_image`` is called once, just before the
+    first new image is saved; ``log`` with a line before the warm-up and before the generations (with the time
+    they are expected to take)."""
     from tqdm.auto import tqdm
 
     fingerprint, configuration = spec.fingerprint(), spec.configuration()
@@ -137,29 +151,37 @@ def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequen
             if missing:
                 todo.append((p, s, missing))
     if not todo:
-        return _ordered(records, spec)
+        return _ordered(records, spec), {}
 
     pipe.set_progress_bar_config(disable=True)
     device = _device_of(pipe)
     grid = level_grid(*generation_size(pipe, spec), attention_level(pipe.unet))
     say = log or (lambda _: None)
     warm_steps = min(2, spec.steps)
-    timed_methods = {m.label: m for *_, methods in todo for m in methods}
+    timed_methods = {m.label: m.at_grid(grid) for *_, methods in todo for m in methods}
     say(f"warming up: one {warm_steps}-step generation for each of {len(timed_methods)} methods")
-    peaks, step_seconds = {}, {}
-    for method in timed_methods.values():
-        with installed(pipe, method.at_grid(grid)), peak_memory(device) as peak:
-            warm = partial(_generate_one, pipe, spec, spec.texts[todo[0][0]], todo[0][1], warm_steps)
-            step_seconds[method.label] = timed(warm, device)[1] / warm_steps
-        peaks[method.label] = round(peak.total_mib * MIB)
-    expected = sum(step_seconds[m.label] * spec.steps for *_, methods in todo for m in methods)
-    say(f"generating {sum(len(m) for *_, m in todo)} images of {spec.steps} steps: expected about "
-        f"{about(expected)} (from the warm-up)")
-    bar = tqdm(total=sum(len(m) for *_, m in todo), desc=f"compare[{position}]" if position else "compare",
+    first = partial(_generate_one, pipe, spec, spec.texts[todo[0][0]], todo[0][1])
+    peaks, costs = {}, {}
+    for label, method in timed_methods.items():
+        with installed(pipe, method), peak_memory(device) as peak:
+            costs[label] = generation_cost(pipe, first, device, warm_steps)
+        peaks[label] = round(peak.total_mib * MIB)
+    made = {label: sum(label in {m.label for m in methods} for *_, methods in todo) for label in timed_methods}
+    rounds = repeats or default_repeats(max(cost.estimate(spec.steps) for cost in costs.values()))
+    extra = max(0, rounds - min(made.values()))
+    images = sum(made.values())
+    expected = sum(costs[label].estimate(spec.steps) * (count + extra) for label, count in made.items())
+    say(f"generating {images} images of {spec.steps} steps"
+        + (f", then {extra} more timed run{'s' if extra > 1 else ''} of each method for the speed-up (images not "
+           "kept)" if extra else "") + f": expected about {about(expected)} (from the warm-up)")
+    busy = busy_warning()
+    if busy:
+        say(busy)
+    bar = tqdm(total=images + extra * len(timed_methods), desc=f"compare[{position}]" if position else "compare",
                position=position, disable=not progress, unit="img")
     for number, (p, s, methods) in enumerate(todo):
         for method in rotated(methods, number):  # no method always runs first
-            with installed(pipe, method.at_grid(grid)):
+            with installed(pipe, timed_methods[method.label]):
                 image, seconds = timed(partial(_generate_one, pipe, spec, spec.texts[p], s, spec.steps), device)
             if on_first_image is not None:
                 on_first_image()
@@ -171,8 +193,14 @@ def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequen
             save_png(image, out_dir / rel, meta, random_note)
             records.append(ImageRecord(method.label, p, spec.texts[p], s, rel, seconds, peaks[method.label]))
             bar.update(1)
+    extra_seconds: dict[str, list[float]] = {}
+    if extra:
+        timings = time_interleaved(pipe, rotated(list(timed_methods.values()), len(todo)),
+                                   partial(first, spec.steps), device, repeats=extra, warmup=0,
+                                   measure_memory=False, progress=lambda _: bar.update(1), prime=False)
+        extra_seconds = {label: timing.seconds for label, timing in timings.items()}
     bar.close()
-    return _ordered(records, spec)
+    return _ordered(records, spec), extra_seconds
 
 
 def _ordered(records: list[ImageRecord], spec: CompareSpec) -> list[ImageRecord]:
