@@ -527,8 +527,8 @@ def test_report_html_shows_code_and_the_size_in_pixels(full):
     assert f"{SIZE}x{SIZE} px" in text and "default size" not in text
 
 
-def test_the_readme_image_path_pattern_matches_what_compare_writes(full):
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+def test_the_documented_image_path_pattern_matches_what_compare_writes(full):
+    readme = (Path(__file__).parents[1] / "docs" / "COMPARE.md").read_text()
     pattern = re.search(r"`(images/[^`]+\.png)`", readme).group(1)
     fields = {"method slug": r"[A-Za-z0-9.=_-]+", "index": r"\d{4,}", "prompt words": r"[a-z0-9-]+", "seed": r"\d+"}
     pieces = re.split(r"<([^>]+)>", pattern)  # literal, field, literal, field, ...
