@@ -216,3 +216,34 @@ def test_tomesd_images_do_not_depend_on_what_the_process_ran_before():
             images.append(pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="pt",
                                generator=torch.Generator().manual_seed(0)).images)
     assert torch.equal(images[0], images[1])
+
+
+class _Noting:
+    """A method that notes in ``log`` when it is installed."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def install(self, model) -> None:
+        self.log.append(self.name)
+
+    def uninstall(self, model) -> None:
+        pass
+
+
+def test_quick_runs_are_taken_three_times_in_turns_and_slow_ones_once(monkeypatch):
+    from turbo_diffusion.harness import measure
+
+    assert measure.default_repeats(9.9) == 3 and measure.default_repeats(10.0) == 1
+    order: list[str] = []
+    told: list[int] = []
+    methods = [_Noting("a", order), _Noting("b", order), _Noting("c", order)]
+    timings = measure.time_in_turns(None, methods, lambda: None, torch.device("cpu"), on_repeats=told.append)
+    assert told == [3] and all(len(t.seconds) == 3 for t in timings.values())
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # each round starts with another method
+    order.clear()
+    assert len(measure.time_in_turns(None, methods, lambda: None, torch.device("cpu"), repeats=2)["a"].seconds) == 2
+    monkeypatch.setattr(measure, "QUICK_RUN", 0.0)  # every run counts as slow: the first round is all
+    order.clear()
+    timings = measure.time_in_turns(None, methods, lambda: None, torch.device("cpu"), on_repeats=told.append)
+    assert told[-1] == 1 and order == ["a", "b", "c"] and all(len(t.seconds) == 1 for t in timings.values())
