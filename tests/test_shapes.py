@@ -356,6 +356,43 @@ def test_the_committed_weights_load_as_the_builtin_model_and_in_plain_diffusers(
     assert size <= 25 * 2**20
 
 
+def test_the_committed_tokenizer_loads_without_its_tokenizer_json_as_transformers_4_does(tmp_path):
+    """transformers 4's CLIPTokenizer reads only vocab.json and merges.txt (transformers 5 saves tokenizer.json
+    alone): the committed folder carries both, the same vocabulary and merges, so both read the same tokens."""
+    import json
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    from turbo_diffusion.model_names import SHAPES_FOLDER
+
+    folder = Path(SHAPES_FOLDER) / "tokenizer"
+    model = json.loads((folder / "tokenizer.json").read_text())["model"]
+    assert json.loads((folder / "vocab.json").read_text()) == model["vocab"]
+    merges = (folder / "merges.txt").read_text().splitlines()
+    assert merges[0].startswith("#version") and [m.split() for m in merges[1:]] == model["merges"]
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(folder / name, tmp_path / name)
+    prompt = "a large red circle at the top left, on a striped gray background; and a zebra"
+    assert CLIPTokenizer.from_pretrained(tmp_path)(prompt).input_ids == CLIPTokenizer.from_pretrained(folder)(
+        prompt).input_ids
+
+
+def test_the_committed_text_encoder_loads_every_weight_under_the_names_transformers_4_reads():
+    """transformers 5 saves CLIPTextModel's weights without their ``text_model.`` prefix and loads both forms;
+    transformers 4 loads only the prefixed form and would silently start from random weights."""
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    from turbo_diffusion.model_names import SHAPES_FOLDER
+
+    folder = Path(SHAPES_FOLDER) / "text_encoder"
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        assert all(key.startswith("text_model.") for key in weights.keys())
+    _, info = CLIPTextModel.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
 def test_load_pipeline_names_the_folder_when_the_shapes_weights_are_missing(tmp_path, monkeypatch):
     from turbo_diffusion import models
 

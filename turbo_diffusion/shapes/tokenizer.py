@@ -53,8 +53,10 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
             pieces[word] = tuple(out)
 
 
-def write_tokenizer_files(folder: str) -> None:
-    """Write ``vocab.json``, ``merges.txt`` and the tokenizer config of the scene tokenizer into ``folder``."""
+def write_tokenizer_files(folder: str, config: bool = True) -> None:
+    """Write ``vocab.json``, ``merges.txt`` and (with ``config``) the tokenizer config of the scene tokenizer into
+    ``folder``. An exported pipeline gets the first two beside the ``tokenizer.json`` that transformers 5 saves:
+    transformers 4's ``CLIPTokenizer`` reads only them (without them the shapes model does not load there)."""
     from ..models import _byte_symbols
 
     symbols = _byte_symbols()
@@ -70,13 +72,15 @@ def write_tokenizer_files(folder: str) -> None:
         json.dump(vocab, f, ensure_ascii=False)
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    config = {
+    if not config:
+        return
+    settings = {
         "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
         "do_lower_case": True,
     }
     with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
+        json.dump(settings, f, indent=2)
 
 
 def scene_tokenizer():

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .model import LATENT_SIZE, build_pipeline, new_components
 from .scenes import IMAGE_SIZE, render, sample_scene
+from .tokenizer import write_tokenizer_files
 
 CHECKPOINT = "checkpoint.pt"
 SAMPLE_PROMPTS = (
@@ -339,6 +340,8 @@ class _Trainer:
         pipe = build_pipeline(copy.deepcopy(pipe.vae).half(), pipe.text_encoder, pipe.tokenizer,
                               copy.deepcopy(pipe.unet).half())
         pipe.save_pretrained(folder, safe_serialization=True)
+        write_tokenizer_files(str(folder / "tokenizer"), config=False)  # for transformers 4 (see there)
+        prefix_text_encoder_keys(folder / "text_encoder")
         with open(folder / "training.json", "w", encoding="utf-8") as f:
             json.dump({"spec": asdict(self.spec), "stage": self.stage, "unet_step": self.step if self.stage in
                        ("unet", "done") else 0, "minutes": round(self._elapsed() / 60, 1),
@@ -473,3 +476,15 @@ def vae_lr_at(step: int, total: int, lr: float = 1e-3) -> float:
 def lr_at(step: int, lr: float) -> float:
     """The UNet stage's learning rate at ``step``: linear warm-up over 250 steps, then constant."""
     return lr * min(1.0, (step + 1) / 250)
+
+
+def prefix_text_encoder_keys(folder: Path) -> None:
+    """Give the exported text encoder's weights the ``text_model.`` prefix that ``CLIPTextModel`` has. transformers
+    5 saves them without it and loads either form; transformers 4 finds no weight without it and silently starts
+    from random ones (the shapes model then draws the wrong colours)."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    weights = load_file(path)
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in weights.items()}, path,
+              metadata={"format": "pt"})
