@@ -536,12 +536,17 @@ def test_the_documented_image_path_pattern_matches_what_compare_writes(full):
     assert all(re.fullmatch(regex, r.path) for r in full.images), (pattern, full.images[0].path)
 
 
-def test_compare_says_what_it_does_with_the_time_it_expects(pipe, tmp_path):
+def test_compare_says_what_it_does_with_the_time_it_expects(pipe, tmp_path, monkeypatch):
     lines = []
+    monkeypatch.setattr(runner, "busy_warning", lambda: None)  # a quiet machine
     small(pipe, tmp_path, metrics=(), log=lines.append)
     assert lines[0] == "warming up: one 2-step generation for each of 2 methods"
     assert re.fullmatch(r"generating 2 images of 2 steps: expected about \d+ (s|min) \(from the warm-up\)", lines[1])
     assert lines[2] == "scoring 2 images"
+    monkeypatch.setattr(runner, "busy_warning", lambda: "the machine is busy (load average 3.0 on 2 CPUs): ...")
+    lines.clear()
+    small(pipe, tmp_path / "busy", metrics=(), log=lines.append)
+    assert lines[2].startswith("the machine is busy") and lines[3] == "scoring 2 images"  # said before timing
 
 
 def test_a_report_that_cannot_be_written_is_saved_elsewhere_and_says_where(pipe, tmp_path, monkeypatch):
@@ -620,3 +625,16 @@ def test_the_speed_up_is_over_every_timed_run_and_a_wide_spread_is_flagged_noisy
 def test_repeats_below_one_are_refused(pipe, tmp_path):
     with pytest.raises(CompareError, match="repeats must be a whole number >= 1"):
         small(pipe, tmp_path, repeats=0)
+
+
+def test_settings_come_from_the_arguments_then_the_preset_then_the_models_own_defaults():
+    from turbo_diffusion.compare.spec import make_spec
+
+    tiny = make_spec("tiny", "smoke")
+    assert (tiny.steps, tiny.guidance, tiny.height, tiny.width) == (10, 7.5, 64, 64)
+    sd = make_spec("sd15-arch", "smoke")
+    assert (sd.steps, sd.guidance, sd.height, sd.width) == (20, 7.5, None, None)  # its native size
+    quick = make_spec("tiny", "shapes-quick")
+    assert (quick.steps, quick.guidance, quick.height) == (20, 5.0, 128)
+    asked = make_spec("tiny", "shapes-quick", steps=3, guidance=2.0, height=96)
+    assert (asked.steps, asked.guidance, asked.height, asked.width) == (3, 2.0, 96, 128)

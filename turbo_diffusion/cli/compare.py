@@ -39,7 +39,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=[DEFAULT_METHODS], metavar="METHODS",
                         help=f"comma-separated: {SYNTAX}, e.g. baseline,turbo@0.5:alpha=2,tome@0.5 "
                              f"(default: {DEFAULT_METHODS}; baseline is always included)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: preset's, else 50)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps (default: the preset's, else the model's: 20 for shapes and SD, 10 for "
+                             "tiny)")
     add_guidance(parser, None)
     parser.add_argument("--height", type=int, default=None, help="image height, a multiple of 8")
     parser.add_argument("--width", type=int, default=None, help="image width, a multiple of 8")

@@ -95,8 +95,9 @@ def compare(
         seeds: seeds, one image per prompt and seed; default: the preset's, else ``[0]``.
         methods: ``"baseline,turbo@0.3,turbo@0.5:alpha=2,tome@0.5,todo@0.5,bound@0.5"`` or a list of such strings
             (`turbo_diffusion.harness.methods`); the baseline is added when missing.
-        steps, guidance, height, width: generation settings; default: the preset's, else 50 steps, guidance 7.5
-            and the model's default size.
+        steps, guidance, height, width: generation settings; default: the preset's, else the model's own
+            (`turbo_diffusion.model_names.defaults_for`: 20 steps and guidance 7.5 at its native size where the
+            model is not built in).
         out_dir: output folder. Existing images of the same configuration are reused; a folder holding another
             configuration is refused unless ``force``.
         force: regenerate every image and overwrite a report of another configuration.

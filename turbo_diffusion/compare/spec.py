@@ -13,13 +13,12 @@ from typing import Any
 from ..harness.errors import HarnessError
 from ..harness.loading import DTYPES
 from ..harness.methods import Method, parse_methods
+from ..model_names import defaults_for
 from .prompts import load_prompts
 
 DEFAULT_METHODS = "baseline,turbo@0.3,turbo@0.5"
 OPTIONAL_METRICS = ("lpips", "clip_score", "fid")  # PSNR and SSIM always run
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 7.5
 
 
 class CompareError(HarnessError):
@@ -141,7 +140,8 @@ def make_spec(
     max_prompts: int | None = None,
 ) -> CompareSpec:
     """The `CompareSpec` of these settings (see `turbo_diffusion.compare.compare` for each); unset ones come from
-    the prompt preset, else the defaults (50 steps, guidance 7.5, seed 0, the model's size). Raises `CompareError`
+    the prompt preset, else the model's own (`model_names.defaults_for`: steps, guidance, size; 20 steps and
+    guidance 7.5 at its native size for models that are not built in), and seed 0. Raises `CompareError`
     (one line) for any bad setting, before anything is loaded."""
     try:
         method_list = parse_methods(methods)
@@ -154,15 +154,16 @@ def make_spec(
         records = records[:max_prompts]
     if dtype not in DTYPES:
         raise CompareError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    model_defaults = defaults_for(model)
     return CompareSpec(
         model=model,
         prompts=tuple(records),
         seeds=tuple(seeds) if seeds is not None else (preset.seeds if preset and preset.seeds else (0,)),
         methods=tuple(method_list),
-        steps=_pick(steps, preset and preset.steps, DEFAULT_STEPS),
-        guidance=_pick(guidance, preset and preset.guidance, DEFAULT_GUIDANCE),
-        height=_pick(height, preset and preset.height, None),
-        width=_pick(width, preset and preset.width, None),
+        steps=_pick(steps, preset and preset.steps, model_defaults.steps),
+        guidance=_pick(guidance, preset and preset.guidance, model_defaults.guidance),
+        height=_pick(height, preset and preset.height, model_defaults.size),
+        width=_pick(width, preset and preset.width, model_defaults.size),
         dtype=("float16" if device_type == "cuda" else "float32") if dtype == "auto" else dtype,
         device_type=device_type,
         scheduler=preset.scheduler if preset else None,
