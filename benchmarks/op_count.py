@@ -17,7 +17,6 @@ second call of a generation (the first also fills caches).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import nullcontext
 
@@ -27,6 +26,7 @@ from turbo_diffusion import apply_turbo, remove_turbo, turbo_config_of, turbo_ge
 from turbo_diffusion.archs import build_unet, unet_inputs
 from turbo_diffusion.bench.ops import count_ops
 from turbo_diffusion.harness.methods import parse_method
+from turbo_diffusion.harness.output import write_json
 from turbo_diffusion.harness.processors import attention_level, level_grid
 from turbo_diffusion.hooks import transformer_block_levels
 
@@ -109,8 +109,7 @@ def main() -> int:
         results[arch] = rows_for(arch)
         print(table(arch, results[arch]) + "\n", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "rows": results}, f, indent=2)
+        write_json(args.json, {"torch": torch.__version__, "rows": results})
     return 0
 
 

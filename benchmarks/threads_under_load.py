@@ -11,13 +11,14 @@ what this shows (`harness.measure.choose_threads`).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+
+from turbo_diffusion.harness.output import write_json
 
 LOADS = {
     "idle": None,
@@ -68,8 +69,7 @@ def main() -> int:
                    for t, v in times.items()}
         print(f"{name}: 1 thread {summary[1]}; 2 threads {summary[2]}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "seconds_per_generation": results}, f, indent=1)
+        write_json(args.json, {"torch": torch.__version__, "seconds_per_generation": results})
     return 0
 
 

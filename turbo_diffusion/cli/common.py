@@ -50,6 +50,23 @@ def add_guidance(parser: argparse.ArgumentParser, default: float | None, dest: s
                                                                              else f"{default_help})"))
 
 
+class _AtLeastOne(argparse.Action):
+    """Store a whole number, refusing one below 1 while the arguments are parsed (one line, exit code 2)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: int,
+                 option_string: str | None = None) -> None:
+        if value < 1:
+            parser.error(f"{option_string} must be at least 1, got {value}")
+        setattr(namespace, self.dest, value)
+
+
+def add_repeats(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--repeats``: timed runs per method, ``what`` saying of what; ``None`` lets the tool choose
+    (`turbo_diffusion.harness.measure.default_repeats`)."""
+    parser.add_argument("--repeats", type=int, default=None, action=_AtLeastOne,
+                        help=f"{what}, taking turns (default: 3 where a run takes under 10 s, else 1)")
+
+
 def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars, the libraries' (model loading) included")

@@ -16,7 +16,16 @@ from ..compare.spec import DEFAULT_CLIP_MODEL, DEFAULT_METHODS, OPTIONAL_METRICS
 from ..harness.methods import SYNTAX
 from ..harness.output import check_writable
 from ..model_names import check_model_name, default_model, defaults_for
-from .common import OUTPUTS, UsageError, add_device, add_guidance, add_model, add_progress, stage
+from .common import (
+    OUTPUTS,
+    UsageError,
+    add_device,
+    add_guidance,
+    add_model,
+    add_progress,
+    add_repeats,
+    stage,
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -47,9 +56,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=None, help="image width, a multiple of 8")
     parser.add_argument("--out", default=f"{OUTPUTS}/compare", metavar="DIR",
                         help=f"output folder (default: {OUTPUTS}/compare)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed runs per method at least, taking turns; beyond the images, the first prompt is "
-                             "generated again, not kept (default: 3 where a run takes under 10 s, else 1)")
+    add_repeats(parser, "timed runs per method at least; beyond the images, the first prompt is generated again, "
+                        "not kept")
     parser.add_argument("--force", action="store_true",
                         help="regenerate every image and overwrite a comparison of other settings in DIR")
     add_device(parser)
@@ -85,8 +93,6 @@ def run(args: argparse.Namespace) -> int:
                          f"{', '.join(OPTIONAL_METRICS)}")
     args.model = args.model or default_model()
     args.prompts = args.prompts or defaults_for(args.model).preset
-    if args.repeats is not None and args.repeats < 1:
-        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     settings = dict(prompts=args.prompts, seeds=_seeds(args.seeds), methods=args.methods, steps=args.steps,
                     guidance=args.guidance, height=args.height, width=args.width, dtype=args.dtype,
                     max_prompts=args.max_prompts)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..demo.settings import default_model
 from ..model_names import SHAPES_FOLDER, check_model_name
-from .common import UsageError, add_device, add_model, loading_message, stage
+from .common import UsageError, add_device, add_model, add_repeats, loading_message, stage
 
 DEFAULT_PORT = 7860
 
@@ -26,9 +26,7 @@ def add_parser(subparsers: Any) -> None:
     )
     default = default_model()
     add_model(p, default)
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed runs per method for each speed-up, taking turns (default: 3 where a run takes under "
-                        "10 s, else 1)")
+    add_repeats(p, "timed runs per method for each speed-up")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default: {DEFAULT_PORT})")
     add_device(p)
     p.set_defaults(func=run)
@@ -62,8 +60,6 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.model == "shapes" and not os.path.isfile(os.path.join(SHAPES_FOLDER, "model_index.json")):
         raise UsageError(f"the shapes model's weights are missing from {SHAPES_FOLDER}; use --model tiny, or train "
                          "them with `turbo-diffusion train-shapes --out DIR` and pass --model DIR/pipeline")
-    if args.repeats is not None and args.repeats < 1:
-        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
     with socket.socket() as probe:  # refuse a busy port now, not after loading the model

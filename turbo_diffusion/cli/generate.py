@@ -17,6 +17,7 @@ from .common import (
     add_guidance,
     add_model,
     add_progress,
+    add_repeats,
     loading_message,
     stage,
 )
@@ -45,9 +46,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--negative-prompt", default=None, help="negative prompt")
     p.add_argument("--baseline", action="store_true",
                    help="also generate without Turbo and print the speed-up: the median of interleaved runs")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="with --baseline: timed runs per method, taking turns (default: 3 where a run takes under "
-                        "10 s, else 1)")
+    add_repeats(p, "with --baseline: timed runs per method")
     p.add_argument("--out", default=f"{OUTPUTS}/turbo.png",
                    help=f"output image (.png, .jpg, .webp; default: {OUTPUTS}/turbo.png); --baseline also writes "
                         "NAME.baseline.png next to it")
@@ -98,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     for method in [turbo] + ([baseline] if args.baseline else []):
         with installed(pipe, method):
             costs[method.name] = generation_cost(pipe, generate, device)
-    one_each = sum(cost.estimate(args.steps) for cost in costs.values())
-    repeats = args.repeats or default_repeats(max(cost.estimate(args.steps) for cost in costs.values()))
+    per_run = [cost.estimate(args.steps) for cost in costs.values()]
+    one_each = sum(per_run)
+    repeats = args.repeats or default_repeats(max(per_run))
     if not args.baseline and baseline_out.exists():  # an earlier run's, not this one's
         baseline_out.unlink()
         stage("generate", f"removed {baseline_out}: an earlier run left it, this run makes no baseline")
@@ -182,8 +182,6 @@ def _check_args(args: argparse.Namespace) -> tuple[TurboConfig, dict[str, Any]]:
     args.guidance = defaults.guidance if args.guidance is None else args.guidance
     if defaults.size is not None and args.height is None and args.width is None:
         args.height = args.width = defaults.size
-    if args.repeats is not None and args.repeats < 1:
-        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     for name in ("height", "width"):
