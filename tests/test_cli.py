@@ -317,3 +317,22 @@ def test_compare_defaults_to_the_trained_model_and_its_own_prompt_preset(monkeyp
     with pytest.raises(SystemExit) as refused:
         main(["compare", "--repeats", "0", "--out", str(tmp_path / "e")])
     assert refused.value.code == 2
+
+
+def test_ctrl_c_says_on_its_own_line_what_was_kept_and_how_to_go_on(tmp_path, monkeypatch, capsys):
+    from turbo_diffusion.cli import generate as generate_cli
+    from turbo_diffusion.compare import runner
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate_cli, "_generate", stop)
+    out = tmp_path / "cat.png"
+    assert main(["generate", "a red cat", "--model", "tiny", "--steps", "1", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert (f"\nturbo-diffusion generate: interrupted: nothing was written (the images are saved when every run is "
+            f"done); run the command again to make {out}") in err
+    monkeypatch.setattr(runner, "_generate_one", stop)
+    assert main(["compare", "--model", "tiny", "--steps", "1", "--out", str(tmp_path / "c"), "--no-progress"]) == 130
+    assert (f"\nturbo-diffusion compare: interrupted: the images made so far are kept in {tmp_path / 'c'}; run the "
+            "same command again to resume (it makes only the images it lacks)") in capsys.readouterr().err
