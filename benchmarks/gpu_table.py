@@ -24,7 +24,7 @@ import torch
 
 from turbo_diffusion.bench.report import format_report, write_json
 from turbo_diffusion.bench.run import environment, load_model, run_bench
-from turbo_diffusion.bench.spec import BenchSpec, command_for
+from turbo_diffusion.bench.spec import BenchSpec, command_for, flag_methods
 from turbo_diffusion.kernels import xformers_available
 
 RUNS = [("sd15-arch", (512, 512), (1, 2, 8)), ("sd15-arch", (1024, 1024), (1, 2)), ("sdxl-arch", (1024, 1024), (1, 2))]
@@ -40,11 +40,11 @@ def runs(attention: tuple[str, ...]) -> list[tuple[str, BenchSpec]]:
                 spec = BenchSpec(model=model, sizes=(size,), batches=batches, dtype="float16", device="cuda",
                                  repeats=10, warmup=2, attention=kernel)
                 if compile_mode is not None:
-                    spec = dataclasses.replace(spec, variants=("turbo", "tomesd", "bound"), profile=False,
+                    spec = dataclasses.replace(spec, methods=("turbo@0.5", "tomesd@0.5", "bound@0.5"), profile=False,
                                                compile="inductor", compile_scope="blocks", warmup=3,
                                                compile_mode=None if compile_mode == "default" else compile_mode)
                 else:
-                    spec = dataclasses.replace(spec, ratios=(0.5, 0.7))
+                    spec = dataclasses.replace(spec, methods=tuple(flag_methods((0.5, 0.7))[0]))
                 out.append((f"{model}-{size[0]}-{kernel}-{mode}", spec.validate()))
     return out
 

@@ -23,12 +23,12 @@ from contextlib import nullcontext
 import torch
 
 from turbo_diffusion import apply_turbo, remove_turbo, turbo_config_of, turbo_generation
+from turbo_diffusion.anatomy import attention_level, transformer_block_levels
 from turbo_diffusion.archs import build_unet, unet_inputs
 from turbo_diffusion.bench.ops import count_ops
 from turbo_diffusion.harness.methods import parse_method
 from turbo_diffusion.harness.output import write_json
-from turbo_diffusion.harness.processors import attention_level, level_grid
-from turbo_diffusion.hooks import transformer_block_levels
+from turbo_diffusion.levels import pixel_grid
 
 ARCHITECTURES = {"sd15-arch": 256, "sdxl-arch": 512}
 TURBO_ROWS = {
@@ -70,7 +70,7 @@ def rows_for(arch: str) -> list[dict]:
                      merging_blocks(unet, level)))
     remove_turbo(unet)
     for name, text in OTHER_ROWS.items():
-        method = parse_method(text).at_grid(level_grid(pixels, pixels, level))
+        method = parse_method(text).at_grid(pixel_grid(pixels, pixels, level))
         method.install(unet)
         try:
             blocks = merging_blocks(unet, 1 if method.kind == "tome" else level)

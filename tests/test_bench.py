@@ -13,34 +13,30 @@ import re
 import sys
 import time
 from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
-import turbo_diffusion.bench.run as run_module
+from turbo_diffusion.anatomy import attention_level
 from turbo_diffusion.bench import (
     BenchSpec,
-    TokenDownsamplingProcessor,
-    Variant,
-    bound_variant,
-    default_variant,
-    parse_turbo_setting,
+    flag_methods,
     peak_memory,
     phase_breakdown,
+    row_name,
     run_bench,
     time_interleaved,
-    todo_variant,
-    tomesd_variant,
-    turbo_variant,
     variant_breakdown,
 )
 from turbo_diffusion.bench.report import format_report, plot, read_json, write_json
-from turbo_diffusion.bench.run import plan_variants
+from turbo_diffusion.bench.run import FAMILIES, run_methods
 from turbo_diffusion.bench.timing import generation_call, unet_step_call
-from turbo_diffusion.bench.variants import attention_level, level_grid
 from turbo_diffusion.cli import main
-from turbo_diffusion.harness.methods import parse_method
+from turbo_diffusion.harness.methods import BASELINE, Method, parse_method
+from turbo_diffusion.harness.processors import TokenDownsamplingProcessor
+from turbo_diffusion.levels import pixel_grid
 from turbo_diffusion.models import load_pipeline
 
 from .conftest import run, tiny_sd15_unet, tiny_sdxl_unet, unet_args
@@ -59,17 +55,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def every_variant(unet) -> list[Variant]:
-    grid = level_grid(LATENT * 8, LATENT * 8, attention_level(unet))
-    return [
-        default_variant(),
-        turbo_variant(0.5),
-        turbo_variant(0.5, "turbo[semantic=none,alpha=0]", semantic="none", alpha=0),
-        tomesd_variant(0.5),
-        todo_variant(0.75, grid, "nearest"),
-        todo_variant(0.5, grid, "avg"),
-        bound_variant(0.7, grid[0] * grid[1]),
-    ]
+def every_variant(unet) -> list[Method]:
+    grid = pixel_grid(LATENT * 8, LATENT * 8, attention_level(unet))
+    texts = ["baseline", "turbo@0.5", "turbo@0.5:semantic=none,alpha=0", "tomesd@0.5", "todo@0.75:mode=nearest",
+             "todo@0.5:mode=avg", "bound@0.7"]
+    return [parse_method(text).at_grid(grid) for text in texts]
 
 
 # -- variants ---------------------------------------------------------------------------------------------------
@@ -100,7 +90,7 @@ def test_todo_keys_and_values_come_from_the_downsampled_grid_queries_stay_full(s
     for name, tokens in seen.items():
         getattr(top, name).register_forward_pre_hook(lambda _, inputs, t=tokens: t.append(inputs[0].shape[1]))
 
-    variant = todo_variant(0.75, (LATENT, LATENT), "nearest")
+    variant = parse_method("todo@0.75:mode=nearest").at_grid((LATENT, LATENT))
     variant.install(sd15_unet)
     out = run(sd15_unet, args, kwargs)
     variant.uninstall(sd15_unet)
@@ -131,11 +121,11 @@ def test_sdxl_variants_act_at_the_2x_level_and_tomesd_defaults_merge_nothing(sdx
     assert attention_level(sdxl_unet) == 2
     args, kwargs = unet_args(sdxl_unet)
     baseline = run(sdxl_unet, args, kwargs)
-    tome = tomesd_variant(0.5)
+    tome = parse_method("tomesd@0.5")
     tome.install(sdxl_unet)
     assert torch.equal(run(sdxl_unet, args, kwargs), baseline)
     tome.uninstall(sdxl_unet)
-    todo = todo_variant(0.75, level_grid(LATENT * 8, LATENT * 8, 2))
+    todo = parse_method("todo@0.75").at_grid(pixel_grid(LATENT * 8, LATENT * 8, 2))
     todo.install(sdxl_unet)
     assert (run(sdxl_unet, args, kwargs) - baseline).abs().max() > 1e-4
     todo.uninstall(sdxl_unet)
@@ -144,7 +134,8 @@ def test_sdxl_variants_act_at_the_2x_level_and_tomesd_defaults_merge_nothing(sdx
 # -- timing protocol --------------------------------------------------------------------------------------------
 def test_timing_warms_up_each_variant_then_rotates_the_order_of_repeats():
     log = []
-    variants = [Variant(n, lambda m, n=n: log.append(f"+{n}"), lambda m, n=n: log.append(f"-{n}")) for n in "abc"]
+    variants = [SimpleNamespace(name=n, install=lambda m, n=n: log.append(f"+{n}"),
+                                uninstall=lambda m, n=n: log.append(f"-{n}")) for n in "abc"]
     timings = time_interleaved(None, variants, lambda: log.append("call"), torch.device("cpu"), repeats=3,
                                warmup=1, measure_memory=True)
     installs = [entry[1] for entry in log if entry.startswith("+")]
@@ -186,26 +177,29 @@ def test_profiler_breakdown_finds_the_turbo_phases(sd15_unet):
     args, kwargs = unet_args(sd15_unet)
     inputs = {"sample": args[0], "timestep": args[1], **kwargs}
     call = unet_step_call(sd15_unet, inputs)
-    turbo = variant_breakdown(sd15_unet, turbo_variant(0.5), call, torch.device("cpu"))
+    turbo = variant_breakdown(sd15_unet, parse_method("turbo@0.5"), call, torch.device("cpu"))
     assert set(turbo.shares) == {"plan", "merge", "attention", "restore"}
     assert all(share > 0 for share in turbo.shares.values())
     assert sum(turbo.shares.values()) <= 1
     assert turbo.total_ms > 0
-    default = variant_breakdown(sd15_unet, default_variant(), call, torch.device("cpu"))
+    default = variant_breakdown(sd15_unet, BASELINE, call, torch.device("cpu"))
     assert all(share == 0 for share in default.shares.values())
 
 
 # -- settings ---------------------------------------------------------------------------------------------------
 def test_turbo_settings_are_parsed_as_literals_or_bare_words():
+    def parse_turbo_setting(setting):
+        return parse_method(flag_methods(turbo=[setting])[0][1]).options
+
     assert parse_turbo_setting("semantic=none,alpha=0") == {"semantic": "none", "alpha": 0}
     assert parse_turbo_setting("match_radius=None") == {"match_radius": None}
     assert parse_turbo_setting(" semantic='text' , alpha=2.5 ") == {"semantic": "text", "alpha": 2.5}
 
 
-def test_missing_tomesd_is_skipped_with_a_note(monkeypatch):
-    monkeypatch.setattr(run_module, "tomesd_variant", lambda ratio: None)
-    planned, notes = plan_variants(BenchSpec(model="tiny", ratios=(0.5, 0.7)))
-    assert [p.family for p in planned] == ["default"] + ["turbo", "todo", "bound"] * 2
+def test_missing_tomesd_is_skipped_with_a_note():
+    methods, notes = flag_methods(ratios=(0.5, 0.7), tomesd_installed=False)
+    planned = run_methods(BenchSpec(model="tiny", methods=tuple(methods)))
+    assert [FAMILIES[p.kind] for p in planned] == ["default"] + ["turbo", "todo", "bound"] * 2
     assert any("tomesd is not installed" in note for note in notes)
 
 
@@ -321,7 +315,7 @@ def test_printed_report_shows_header_speedup_share_of_bound_and_planning(bench_r
 
 
 BAD_ARGUMENTS = [
-    (["--turbo", "bogus=1"], "unknown field(s) bogus"),
+    (["--turbo", "bogus=1"], "unknown TurboConfig field(s) bogus"),
     (["--turbo", "alpha=-1"], "alpha must be"),
     (["--turbo", "ratio=0.3"], "--ratios"),
     (["--turbo", "semantic=none,alpha"], "expected field=value"),
@@ -363,12 +357,12 @@ def test_a_folder_without_a_pipeline_is_a_usage_error(tmp_path, capsys):
 
 # -- one grammar, compile, noise, profiler chatter ---------------------------------------------------------------
 def test_every_name_bench_prints_parses_back_to_its_method():
-    spec = BenchSpec(model="tiny", ratios=(0.5, 0.7), turbo=("semantic=none,alpha=0",), todo_mode="avg")
-    for planned in plan_variants(spec)[0]:
-        name = Variant.of(planned.method, planned.series).name
-        pinned = {k: v for k, v in planned.method.options.items() if k != "backend"}  # bench pins the kernel
+    methods, _ = flag_methods((0.5, 0.7), ("semantic=none,alpha=0",), todo_mode="avg")
+    for planned in run_methods(BenchSpec(model="tiny", methods=tuple(methods))):
+        name = row_name(planned)
+        pinned = {k: v for k, v in planned.options.items() if k != "backend"}  # bench pins the kernel
         assert (parse_method(name).kind, parse_method(name).ratio, parse_method(name).options) == (
-            planned.method.kind, planned.ratio, pinned), name
+            planned.kind, planned.ratio, pinned), name
 
 
 def test_bench_runs_the_methods_written_in_the_grammar():

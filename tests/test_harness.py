@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from turbo_diffusion.harness.errors import ModelLoadError, OutputError
+from turbo_diffusion.anatomy import attention_level
+from turbo_diffusion.errors import ModelLoadError, OutputError
 from turbo_diffusion.harness.loading import load_model, loading_message
 from turbo_diffusion.harness.measure import NOISY_SPREAD, Timing, compile_module, time_interleaved
 from turbo_diffusion.harness.methods import MethodError, make_method, parse_method, parse_methods
 from turbo_diffusion.harness.output import check_writable, write_json
-from turbo_diffusion.harness.processors import attention_level, level_grid
+from turbo_diffusion.levels import pixel_grid
 
 from .conftest import run, tiny_sd15_unet, unet_args
 
@@ -79,7 +80,7 @@ def test_level_methods_change_the_output_and_uninstall_to_the_same_processors(te
     unet = tiny_sd15_unet()
     args, kwargs = unet_args(unet, 32, 32)
     baseline, processors = run(unet, args, kwargs), unet.attn_processors
-    method = parse_method(text).at_grid(level_grid(256, 256, attention_level(unet)))
+    method = parse_method(text).at_grid(pixel_grid(256, 256, attention_level(unet)))
     method.install(unet)
     assert (run(unet, args, kwargs) - baseline).abs().max() > 1e-4
     method.uninstall(unet)
@@ -208,7 +209,7 @@ def test_tomesd_images_do_not_depend_on_what_the_process_ran_before():
 
     pipe = load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
-    method = parse_method("tome@0.5").at_grid(level_grid(64, 64, attention_level(pipe.unet)))
+    method = parse_method("tome@0.5").at_grid(pixel_grid(64, 64, attention_level(pipe.unet)))
     images = []
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)

@@ -19,7 +19,7 @@ from diffusers import (
 )
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-import turbo_diffusion.processor as processor_module
+import turbo_diffusion.kernels as kernels_module
 from turbo_diffusion import (
     TurboConfig,
     TurboProcessor,
@@ -129,7 +129,7 @@ def test_xformers_switch_moves_turbo_to_the_xformers_backend(monkeypatch):
         pipe.unet.set_attn_processor(AttnProcessor2_0())
 
     monkeypatch.setattr(pipe, "set_use_memory_efficient_attention_xformers", fake_switch)
-    monkeypatch.setattr(processor_module, "xformers_available", lambda: True)
+    monkeypatch.setattr(kernels_module, "xformers_available", lambda: True)
     pipe.enable_xformers_memory_efficient_attention()
     assert calls == [True] and pipe.turbo_config == TurboConfig(ratio=0.4, backend="xformers")
     assert any(isinstance(p, TurboProcessor) for p in pipe.unet.attn_processors.values())

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +34,6 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.hooks import ModelHook
-from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import (
     AttnProcessor,
     AttnProcessor2_0,
@@ -45,12 +43,15 @@ from diffusers.models.attention_processor import (
 )
 from torch.utils.hooks import RemovableHandle
 
+from .anatomy import find_unet, merge_depth, transformer_block_levels
+from .anatomy import unet_or_none as _unet_or_none
 from .config import TurboConfig, resolve_config
 from .context import TurboContext
 from .core import MergePlan, merged_count, window_count, window_grid
+from .kernels import check_kernel
 from .levels import grid_at
 from .module_hooks import register_hook, remove_hook
-from .processor import TurboProcessor, check_backend
+from .processor import TurboProcessor
 from .prompts import PromptRecorder
 from .state import BlockMemory, HookedCall
 
@@ -80,10 +81,6 @@ _CROSS_ATTENTION_TAKEN = (
     "merge_crossattn and semantic='text' need Turbo's processor on cross-attention, but {what}; Turbo merges "
     "self-attention alongside it with merge_crossattn=False and semantic='attention' (or 'none')"
 )
-
-SUPPORTED = "UNet2DConditionModel models: SD 1.x, SD 2.x, SDXL and the pipelines built on them " \
-            "(text-to-image, img2img, inpainting, ControlNet, ...)"
-
 
 @dataclass
 class _Installation:
@@ -342,14 +339,14 @@ def apply_turbo(model: Any, config: TurboConfig | dict[str, Any] | None = None, 
         installed, and a warning says so; call it again once the pipeline has a UNet.
     """
     config = resolve_config(config, **fields)
-    check_backend(config)
+    check_kernel(config.backend)
     unet = _unet_or_none(model)
     if unet is None:
         logger.warning(f"apply_turbo: this {type(model).__name__} has no UNet (unet=None), so there is nothing to "
                        "merge and nothing was installed; call apply_turbo again once it has one.")
         return model
     levels = transformer_block_levels(unet)
-    depth = merge_depth(config, levels)
+    depth = merge_depth(config.max_downsample, levels)
 
     # Everything below builds the new installation without touching the model; the model changes at the end.
     context = TurboContext(config, max_downsample=depth)
@@ -471,67 +468,6 @@ def turbo_contexts(model: Any, needed_by: str) -> list[TurboContext]:
     if not contexts:
         raise ValueError(f"{needed_by} needs Turbo on this model: apply_turbo(model, ...) first")
     return list(contexts.values())
-
-
-def find_unet(model: Any) -> UNet2DConditionModel:
-    """The `UNet2DConditionModel` of a pipeline (or the model itself, compiled or not); ``TypeError`` for
-    anything else."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-    if isinstance(model, UNet2DConditionModel):
-        return model
-    unet = getattr(getattr(model, "unet", None), "_orig_mod", getattr(model, "unet", None))
-    if isinstance(unet, UNet2DConditionModel):
-        return unet
-    what = type(model).__name__
-    if getattr(model, "transformer", None) is not None:
-        raise TypeError(f"{what} is a transformer-based model (SD3, Flux, PixArt, ...); Turbo supports {SUPPORTED}")
-    raise TypeError(f"Turbo supports {SUPPORTED}; got {what}")
-
-
-def _unet_or_none(model: Any) -> UNet2DConditionModel | None:
-    """`find_unet`, or ``None`` for a pipeline whose ``unet`` is ``None`` (built without one)."""
-    if not isinstance(model, torch.nn.Module) and getattr(model, "unet", False) is None:
-        return None
-    return find_unet(model)
-
-
-def transformer_block_levels(unet: UNet2DConditionModel) -> dict[str, tuple[BasicTransformerBlock, int]]:
-    """Every transformer block of the UNet with the latent downsampling factor of the level it runs at.
-
-    Down block ``i`` runs at ``2**i``, the mid block at ``2**(n-1)``, up block ``j`` at ``2**(n-1-j)`` (``n`` down
-    blocks; each but the last down-samples at its end).
-    """
-    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
-    levels = {}
-    for name, module in unet.named_modules():
-        if not isinstance(module, BasicTransformerBlock):
-            continue
-        if m := re.match(r"down_blocks\.(\d+)\.", name):
-            factor = 2 ** int(m.group(1))
-        elif m := re.match(r"up_blocks\.(\d+)\.", name):
-            factor = 2 ** (n_up - 1 - int(m.group(1)))
-        elif name.startswith("mid_block."):
-            factor = 2 ** (n_down - 1)
-        else:
-            continue
-        levels[name] = (module, factor)
-    return levels
-
-
-def merge_depth(config: TurboConfig, levels: dict[str, tuple[BasicTransformerBlock, int]]) -> int:
-    """The largest downsampling factor to merge at: ``max_downsample``, or the finest level with attention."""
-    factors = sorted({factor for _, factor in levels.values()})
-    if not factors:
-        raise TypeError(f"this UNet has no transformer blocks, nothing to merge; Turbo supports {SUPPORTED}")
-    if config.max_downsample is None:
-        return factors[0]
-    if config.max_downsample < factors[0]:
-        raise ValueError(
-            f"max_downsample={config.max_downsample} merges nothing on this UNet: its highest-resolution attention "
-            f"runs at downsample {factors[0]}; use None (the default), or a value in "
-            f"{[f for f in (1, 2, 4, 8) if f >= factors[0]]}"
-        )
-    return config.max_downsample
 
 
 # -- internals --------------------------------------------------------------------------------------------------

@@ -1,14 +1,18 @@
-"""Attention kernels behind Turbo's processor: torch SDPA, or xformers' memory-efficient attention on CUDA.
+"""Attention kernels, in one place: torch SDPA, or xformers' memory-efficient attention on CUDA.
 
-Tensors are ``(B, H, M, d)`` queries against ``(B, H, L, d)`` keys/values, as in diffusers' ``AttnProcessor2_0``.
+Kernel choice (a name -> diffusers' processor for it, which kernel a UNet runs, whether a kernel is usable on a
+device) and the kernels behind Turbo's processor. Tensors are ``(B, H, M, d)`` queries against ``(B, H, L, d)``
+keys/values, as in diffusers' ``AttnProcessor2_0``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0, XFormersAttnProcessor
 
 from .core.scores import text_attention_mass
 
@@ -20,14 +24,38 @@ def xformers_available() -> bool:
     return _XFORMERS_INSTALLED
 
 
+def check_kernel(kernel: str, device: torch.device | None = None, what: str = "backend") -> None:
+    """Whether ``kernel`` can run (on ``device``, when given): ``ImportError`` for xformers when it is not
+    installed, ``RuntimeError`` for xformers off CUDA. ``what`` names the setting in the message."""
+    if kernel != "xformers":
+        return
+    if device is not None and device.type != "cuda":
+        raise RuntimeError(f"{what}='xformers' runs on CUDA only, but the tensors are on {device}; "
+                           f"use {what}='auto' or 'sdpa'")
+    if not xformers_available():
+        raise ImportError(f"{what}='xformers' needs xformers: pip install 'turbo-diffusion[xformers]'")
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """``"auto"`` becomes ``"xformers"`` on CUDA when xformers is installed, else ``"sdpa"``."""
     if backend == "auto":
         return "xformers" if device.type == "cuda" and xformers_available() else "sdpa"
-    if backend == "xformers" and device.type != "cuda":
-        raise RuntimeError(f"backend='xformers' runs on CUDA only, but the tensors are on {device}; "
-                           "use backend='auto' or 'sdpa'")
+    check_kernel(backend, device)
     return backend
+
+
+def default_processor(kernel: str = "sdpa") -> AttnProcessor2_0 | XFormersAttnProcessor:
+    """diffusers' processor of ``kernel`` (``"sdpa"`` or ``"xformers"``): what the baseline runs, what Turbo's bare
+    route passes through to, and what ToDo and the bound run inside."""
+    if kernel not in ("sdpa", "xformers"):
+        raise ValueError(f"kernel must be 'sdpa' or 'xformers', got {kernel!r}")
+    return XFormersAttnProcessor() if kernel == "xformers" else AttnProcessor2_0()
+
+
+def kernel_of(processors: dict[str, Any]) -> str:
+    """``"xformers"`` when any of ``processors`` (a UNet's ``attn_processors``) is diffusers' xformers one, else
+    ``"sdpa"``."""
+    return "xformers" if any(isinstance(p, XFormersAttnProcessor) for p in processors.values()) else "sdpa"
 
 
 def attention(

@@ -33,6 +33,12 @@ def grid_at(latent_hw: tuple[int, int], downsample: int) -> tuple[int, int]:
     return -(-latent_hw[0] // downsample), -(-latent_hw[1] // downsample)
 
 
+def pixel_grid(height: int, width: int, downsample: int) -> tuple[int, int]:
+    """``(rows, cols)`` of the token grid at ``downsample`` for an image of ``height x width`` pixels (the latent
+    is the image / 8)."""
+    return grid_at((height // 8, width // 8), downsample)
+
+
 def locate_level(
     latent_hw: tuple[int, int], num_tokens: int, max_downsample: int, sx: int, sy: int
 ) -> Level | None:

@@ -34,7 +34,8 @@ from diffusers import (
 
 from .config import TurboConfig, resolve_config
 from .hooks import apply_turbo, remove_turbo, turbo_config_of
-from .processor import TurboProcessor, check_backend
+from .kernels import check_kernel
+from .processor import TurboProcessor
 
 TURBO_CONFIG_NAME = "turbo_config.json"
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TurboConfig))
@@ -72,7 +73,7 @@ class TurboPipelineMixin:
         current = self.turbo_config if self.turbo_config is not None else self._turbo_pending
         config = resolve_config(config if config is not None else current, **fields)
         if getattr(self, "unet", None) is None:
-            check_backend(config)
+            check_kernel(config.backend)
             self._turbo_pending = config
             return
         apply_turbo(self, config)

@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0, XFormersAttnProcessor
+from diffusers.models.attention_processor import Attention
 from torch.profiler import record_function
 
 from .config import TurboConfig, resolve_config
@@ -27,7 +27,7 @@ from .context import TurboContext
 from .core import MergePlan, global_query_attention, merged_count, plan_merge, window_count
 from .core.fused import fused_plan
 from .core.partition import shape_cached
-from .kernels import attention, attention_with_text_mass, resolve_backend, xformers_available
+from .kernels import attention, attention_with_text_mass, check_kernel, default_processor, resolve_backend
 from .levels import Level
 from .prompts import fallback_content
 from .state import BlockMemory, BlockState, CallState, LayerMemory
@@ -68,7 +68,7 @@ class TurboProcessor:
         # unload_ip_adapter): `apply_turbo` puts its own processor back on a layer holding such a re-creation.
         self.made_without_arguments = config is None and not fields
         config = resolve_config(config, **fields)
-        check_backend(config)
+        check_kernel(config.backend)
         self._setup(TurboContext(config), inner=None, memory=LayerMemory(), name=None)
 
     @classmethod
@@ -283,7 +283,7 @@ class TurboProcessor:
         """The bare route's pass-through: diffusers' SDPA processor, or its xformers one on that backend."""
         kind = "xformers" if resolve_backend(self.config.backend, device) == "xformers" else "sdpa"
         if kind not in self._defaults:
-            self._defaults[kind] = XFormersAttnProcessor() if kind == "xformers" else AttnProcessor2_0()
+            self._defaults[kind] = default_processor(kind)
         return self._defaults[kind]
 
     def __repr__(self) -> str:
@@ -414,8 +414,3 @@ def _is_plain_token_attention(attn: Attention, hidden_states: torch.Tensor) -> b
         and getattr(attn, "add_k_proj", None) is None
     )
 
-
-def check_backend(config: TurboConfig) -> None:
-    """``ImportError`` when the config asks for xformers and it is not installed."""
-    if config.backend == "xformers" and not xformers_available():
-        raise ImportError("backend='xformers' needs xformers: pip install 'turbo-diffusion[xformers]'")

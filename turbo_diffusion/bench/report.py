@@ -41,7 +41,7 @@ from ..harness.output import json_safe
 from ..harness.output import write_json as write_json_file
 from ..model_names import RANDOM_WEIGHTS_NOTE
 from .run import BenchResult
-from .spec import BenchSpec
+from .spec import BenchSpec, flag_methods
 
 SCHEMA = "turbo-diffusion-bench/1"
 
@@ -64,9 +64,11 @@ def read_json(path: str | os.PathLike) -> BenchResult:
         raise ValueError(f"{path}: schema {record.get('schema')!r} is not {SCHEMA!r}")
     spec = dict(record["spec"])
     spec["sizes"] = tuple(tuple(size) for size in spec["sizes"])
-    for key in ("batches", "ratios", "turbo", "variants", "methods"):
-        if key in spec:
-            spec[key] = tuple(spec[key])
+    spec["batches"] = tuple(spec["batches"])
+    flags = {key: spec.pop(key) for key in ("ratios", "turbo", "variants", "todo_mode") if key in spec}
+    if not spec.get("methods"):  # a record from before methods were bench's only words
+        spec["methods"] = flag_methods(**flags)[0]
+    spec["methods"] = tuple(spec["methods"])
     return BenchResult(BenchSpec(**spec), record["meta"], record["rows"], record["notes"])
 
 

@@ -1,10 +1,9 @@
 """One benchmark run: measuring a `BenchSpec` (`run_bench`) into a `BenchResult`.
 
-For every image size and UNet batch, all variants run interleaved on one model in one process: diffusers'
-default processor, then for each ratio Turbo (default config and each extra setting), tomesd, ToDo-style key/value
-downsampling and the zero-overhead bound (or the spec's ``methods``). All of them attend with torch SDPA, as the
-default processor does (Turbo's ``backend`` is pinned to ``"sdpa"`` unless a setting names another), so a speed-up
-measures token reduction, not a kernel change. Measured per variant, with the protocol of
+For every image size and UNet batch, the spec's methods run interleaved on one model in one process, diffusers'
+default processor first, each a row named as bench has always named it (`row_name`). All of them attend with torch
+SDPA, as the default processor does (Turbo's ``backend`` is pinned to ``"sdpa"`` unless a setting names another),
+so a speed-up measures token reduction, not a kernel change. Measured per variant, with the protocol of
 `turbo_diffusion.harness.measure.time_interleaved`:
 
 * one UNet step: min, median and max seconds over the repeats, their spread (max / min, flagged noisy above
@@ -19,29 +18,31 @@ measures token reduction, not a kernel change. Measured per variant, with the pr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 
+from ..anatomy import attention_level
 from ..archs import ARCHITECTURES, build_unet, unet_inputs
+from ..errors import UsageError
 from ..harness import environment as env
-from ..harness.errors import HarnessError
 from ..harness.loading import load_model as load_pipeline_model
 from ..harness.loading import resolve_device, resolve_dtype
 from ..harness.measure import NOISY_SPREAD, Progress, Timing, compile_module
 from ..harness.memory import CPU_METHOD, CUDA_METHOD
-from ..harness.methods import BASELINE, Method, make_method, parse_method, parse_methods
-from ..harness.processors import default_processor
-from ..kernels import xformers_available
+from ..harness.methods import Method, parse_methods
+from ..kernels import check_kernel, default_processor
+from ..levels import pixel_grid
 from ..models import uses_random_weights
 from .profile import variant_breakdown
-from .spec import BenchSpec, command_for, turbo_series
+from .spec import BenchSpec, command_for
 from .timing import time_generations, time_variants, unet_step_call
-from .variants import FAMILIES as FAMILY_OF_KIND
-from .variants import Variant, attention_level, bench_series, level_grid, tomesd_variant, variant_name
+
+# Bench's name of each kind of method, kept from its first runs so that recorded rows stay comparable.
+FAMILIES = {"baseline": "default", "turbo": "turbo", "tome": "tomesd", "todo": "todo", "bound": "bound"}
 
 METHODS = {
     "speedup": "default processor's minimum seconds / the variant's minimum, over interleaved repeats",
@@ -73,67 +74,34 @@ def environment(spec: BenchSpec, random_weights: bool, command: str | None = Non
         "methods": METHODS}
 
 
-@dataclass(frozen=True)
-class PlannedVariant:
-    """A variant before the image size is known: its method and the series bench names it by."""
-
-    method: Method
-    series: str
-
-    @property
-    def family(self) -> str:
-        return FAMILY_OF_KIND[self.method.kind]
-
-    @property
-    def ratio(self) -> float | None:
-        return self.method.ratio
+def run_methods(spec: BenchSpec) -> list[Method]:
+    """The methods ``spec`` runs, the baseline first. Turbo's attention kernel is pinned to the baseline's (torch
+    SDPA unless ``spec.attention`` says xformers), so that a speed-up is not a kernel comparison; a method may
+    still ask for another backend."""
+    return [m.with_defaults(backend=spec.attention) if m.kind == "turbo" else m for m in parse_methods(spec.methods)]
 
 
-def plan_variants(spec: BenchSpec) -> tuple[list[PlannedVariant], list[str]]:
-    """The variants ``spec`` asks for, in run order, and notes about any that cannot run (tomesd missing)."""
-    notes = []
-    if spec.methods:
-        methods = parse_methods(spec.methods)
-    else:
-        tomesd_missing = "tomesd" in spec.variants and tomesd_variant(0.5) is None
-        if tomesd_missing:
-            notes.append("tomesd is not installed (pip install tomesd): its variant was skipped")
-        methods = [BASELINE] + [m for ratio in spec.ratios for m in _family_methods(spec, ratio, tomesd_missing)]
-    # Turbo's attention kernel is pinned to the baseline's (torch SDPA unless spec.attention says xformers), so
-    # that a speed-up is not a kernel comparison; a setting may still ask for another backend.
-    planned = [PlannedVariant(m.with_defaults(backend=spec.attention) if m.kind == "turbo" else m, bench_series(m))
-               for m in methods]
-    return planned, notes
+def series_of(method: Method) -> str:
+    """Bench's name of ``method`` without the ratio: ``default``, ``turbo``, ``turbo[alpha=0]``, ``tomesd``,
+    ``todo-nearest``, ``bound``... (settings as written in the method's label)."""
+    if method.kind == "todo":
+        return f"todo-{method.options.get('mode', 'nearest')}"
+    if method.kind == "turbo" and method.written_settings:
+        return f"turbo[{method.written_settings}]"
+    return FAMILIES[method.kind]
 
 
-def _family_methods(spec: BenchSpec, ratio: float, tomesd_missing: bool) -> list[Method]:
-    """The methods of ``spec.variants`` at one ratio, Turbo's extra settings (keyed by label: ``alpha=0`` and
-    ``alpha = 0`` are one) labelled ``turbo[...]``."""
-    methods = []
-    if "turbo" in spec.variants:
-        settings: dict[str, str] = {}
-        for setting in spec.turbo:
-            settings.setdefault(turbo_series(setting), setting)
-        methods += [make_method("turbo", ratio)] + [parse_method(f"turbo@{ratio!r}:{s}") for s in settings.values()]
-    if "tomesd" in spec.variants and not tomesd_missing:
-        methods.append(make_method("tome", ratio))
-    if "todo" in spec.variants:
-        methods.append(make_method("todo", ratio, mode=spec.todo_mode))
-    if "bound" in spec.variants:
-        methods.append(make_method("bound", ratio))
-    return methods
+def row_name(method: Method) -> str:
+    """A row's unique name: ``"turbo@0.5"``, ``"turbo[alpha=0]@0.5"``, ``"default"``..."""
+    return series_of(method) if method.ratio is None else f"{series_of(method)}@{method.ratio:g}"
 
 
-def build_variants(spec: BenchSpec, planned: list[PlannedVariant], grid: tuple[int, int]) -> list[Variant]:
-    """Materialize ``planned`` for a case whose accelerated level has the token grid ``grid``."""
-    return [Variant.of(p.method.at_grid(grid), p.series) for p in planned]
-
-
-def planned_calls(spec: BenchSpec, planned: list[PlannedVariant]) -> int:
+def planned_calls(spec: BenchSpec) -> int:
     """How many model calls ``run_bench`` makes (for a progress bar)."""
+    methods = run_methods(spec)
     rounds = spec.warmup + spec.repeats + (1 if spec.compile else 0)
-    per_measure = 1 + len(planned) * rounds  # 1: the priming call
-    profiled = sum(p.family == "turbo" for p in planned) if spec.profile else 0
+    per_measure = 1 + len(methods) * rounds  # 1: the priming call
+    profiled = sum(m.kind == "turbo" for m in methods) if spec.profile else 0
     cases = len(spec.sizes) * len(spec.batches)
     return cases * (per_measure * (2 if spec.steps else 1) + profiled)
 
@@ -141,7 +109,7 @@ def planned_calls(spec: BenchSpec, planned: list[PlannedVariant]) -> int:
 def load_model(spec: BenchSpec) -> tuple[DiffusionPipeline | None, UNet2DConditionModel, bool]:
     """The pipeline (``None`` when only UNet steps are timed on a built-in architecture: the UNet alone is built),
     its UNet on ``spec.device`` in ``spec.dtype``, and whether the weights are random. Raises
-    `turbo_diffusion.harness.errors.ModelLoadError`."""
+    `turbo_diffusion.errors.ModelLoadError`."""
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     if spec.steps == 0 and spec.model in ARCHITECTURES:
@@ -151,13 +119,12 @@ def load_model(spec: BenchSpec) -> tuple[DiffusionPipeline | None, UNet2DConditi
 
 
 def set_attention_kernel(unet: UNet2DConditionModel, kernel: str) -> None:
-    """Give every attention layer diffusers' default processor of ``kernel`` (`default_processor`), the baseline
-    every variant is timed against."""
-    if kernel == "xformers":
-        if unet.device.type != "cuda":
-            raise HarnessError(f"attention='xformers' runs on CUDA only, but the model is on {unet.device}")
-        if not xformers_available():
-            raise HarnessError("attention='xformers' needs xformers: pip install 'turbo-diffusion[xformers]'")
+    """Give every attention layer diffusers' default processor of ``kernel``, the baseline every method is timed
+    against; `UsageError` when the kernel cannot run on the UNet's device."""
+    try:
+        check_kernel(kernel, unet.device, what="attention")
+    except (ImportError, RuntimeError) as err:
+        raise UsageError(str(err)) from None
     unet.set_attn_processor(default_processor(kernel))
 
 
@@ -166,6 +133,7 @@ def run_bench(
     progress: Progress | None = None,
     environment: Callable[[BenchSpec, bool], dict[str, Any]] = environment,
     loaded: tuple[DiffusionPipeline | None, UNet2DConditionModel, bool] | None = None,
+    notes: Sequence[str] = (),
 ) -> BenchResult:
     """Measure everything ``spec`` asks for (see the module docstring).
 
@@ -175,14 +143,15 @@ def run_bench(
         environment: builds the result's ``meta`` from the spec and whether the weights are random.
         loaded: `load_model`'s result for ``spec``, to time several specs on one model without loading it again
             (its attention processors are replaced by ``spec.attention``'s; a compiled UNet stays compiled).
+        notes: what the caller left out of the spec and why, first among the result's notes.
     """
     spec.validate()
-    planned, notes = plan_variants(spec)
+    methods, notes = run_methods(spec), list(notes)
     pipe, unet, random_weights = loaded if loaded is not None else load_model(spec)
     device = unet.device
     set_attention_kernel(unet, spec.attention)
     level = attention_level(unet)
-    if level > 1 and any(p.family == "tomesd" for p in planned):
+    if level > 1 and any(m.kind == "tome" for m in methods):
         notes.append(f"tomesd runs at its defaults (max_downsample=1); this UNet's finest attention is at "
                      f"{level}x downsampling, so tomesd merges nothing here")
     if spec.attention != "sdpa":
@@ -195,17 +164,17 @@ def run_bench(
                      "variant; the profiled steps run eagerly")
     rows: list[dict[str, Any]] = []
     for height, width in spec.sizes:
-        grid = level_grid(height, width, level)
+        grid = pixel_grid(height, width, level)
         for batch in spec.batches:
-            variants = build_variants(spec, planned, grid)
+            variants = [m.at_grid(grid) for m in methods]
             inputs = unet_inputs(unet, height, width, batch, dtype=unet.dtype, device=device, seed=spec.seed)
             step = time_variants(unet, inputs, variants, spec.repeats, spec.warmup, progress,
                                  compiled=bool(spec.compile))
             profiles = {}
-            for v in (v for v in variants if v.family == "turbo" and spec.profile):
+            for v in (v for v in variants if v.kind == "turbo" and spec.profile):
                 profiles[v.name] = variant_breakdown(unet, v, unet_step_call(unet, inputs), device).to_dict()
                 if progress:
-                    progress(f"profile {v.name}")
+                    progress(f"profile {row_name(v)}")
             generation = None
             if spec.steps:
                 generation = time_generations(pipe, variants, height, width, batch, spec.steps, spec.prompt,
@@ -216,30 +185,30 @@ def run_bench(
 
 
 def case_rows(
-    height: int, width: int, batch: int, level: int, grid: tuple[int, int], variants: list[Variant],
+    height: int, width: int, batch: int, level: int, grid: tuple[int, int], variants: list[Method],
     step: dict[str, Timing], generation: dict[str, Timing] | None, profiles: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """One JSON-ready row per variant of one case (keys documented in `turbo_diffusion.bench.report`)."""
     return [
         {
             "height": height, "width": width, "batch": batch, "level": level, "grid": list(grid),
-            "variant": v.name, "series": v.series, "family": v.family, "ratio": v.ratio, "settings": v.settings,
-            "step": summarize(v, step),
-            "generation": summarize(v, generation) if generation is not None else None,
+            "variant": row_name(v), "series": series_of(v), "family": FAMILIES[v.kind], "ratio": v.ratio,
+            "settings": v.settings(), "step": summarize(v, variants, step),
+            "generation": summarize(v, variants, generation) if generation is not None else None,
             "profile": profiles.get(v.name),
         }
         for v in variants
     ]
 
 
-def summarize(variant: Variant, timings: dict[str, Timing]) -> dict[str, Any]:
+def summarize(variant: Method, methods: list[Method], timings: dict[str, Timing]) -> dict[str, Any]:
     """Seconds, min/median/max, spread and whether it is noisy, speed-up over the default (ratio of minima), share
     of the bound's speed-up at the same ratio (``None`` without a bound at that ratio, and for the default itself),
     peak memory, and under ``--compile`` the compiling call's seconds and the recompiles while timing."""
     t = timings[variant.name]
-    default = timings[variant_name(FAMILY_OF_KIND["baseline"], None)]
+    default = timings[methods[0].name]  # the baseline
     speedup = default.best / t.best
-    bound = timings.get(variant_name("bound", variant.ratio)) if variant.ratio is not None else None
+    bound = next((timings[m.name] for m in methods if m.kind == "bound" and m.ratio == variant.ratio), None)
     memory = t.memory
     return {
         "seconds": t.seconds, "min": t.best, "median": t.median, "max": t.worst, "spread": t.spread,

@@ -1,4 +1,9 @@
-"""What one benchmark run measures (`BenchSpec`), checked without importing torch, and the command repeating it."""
+"""What one benchmark run measures (`BenchSpec`), checked without importing torch, and the command repeating it.
+
+A spec speaks only methods (`turbo_diffusion.harness.methods`). The command line's older flags (``--ratios``,
+``--variants``, ``--turbo``, ``--todo-mode``) are spelled as methods by `flag_methods`, the one place that knows
+them (records saved before ``methods`` was the only field are read through it too).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import TurboConfig, parse_fields, split_top_level
+from ..errors import UsageError
 from ..harness.loading import DTYPES
-from ..harness.methods import TODO_MODES, parse_methods
+from ..harness.methods import parse_method, parse_methods, ratio_text
 from ..model_names import check_model_name
 
-FAMILIES = ("turbo", "tomesd", "todo", "bound")
+FAMILIES = ("turbo", "tomesd", "todo", "bound")  # the families --variants names
 ATTENTION_KERNELS = ("sdpa", "xformers")
 COMPILE_SCOPES = ("unet", "blocks")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -24,7 +29,7 @@ DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon"
 
 @dataclass(frozen=True)
 class BenchSpec:
-    """What one run measures. `validate` checks it; every problem is a one-line ``ValueError``.
+    """What one run measures. `validate` checks it; every problem is a one-line `UsageError`.
 
     Attributes:
         model: a built-in name (``sd15-arch``, ``sd21-arch``, ``sdxl-arch``: real architectures with random weights;
@@ -32,14 +37,8 @@ class BenchSpec:
         sizes: image sizes ``(height, width)`` in pixels, multiples of 8. Larger sizes make attention, and so
             merging, matter more.
         batches: UNet batch sizes; 2 is one image with classifier-free guidance.
-        ratios: share of tokens removed at the accelerated level, each in ``(0, 1)``; every variant but the default
-            runs at each.
-        turbo: extra Turbo settings, each ``"field=value,..."`` of `TurboConfig` fields (values are Python literals,
-            bare words are strings); each runs at every ratio next to Turbo's default config.
-        variants: which of ``turbo``, ``tomesd``, ``todo``, ``bound`` to run (the default processor always runs).
-        todo_mode: ``"nearest"`` or ``"avg"`` pooling of the ToDo variant's keys and values.
-        methods: instead of ``ratios``, ``turbo`` and ``variants``: the methods to run, in the grammar of
-            `turbo_diffusion.harness.methods` (``"turbo@0.5:alpha=2"``, ``"todo@0.7"``...; the baseline is added).
+        methods: the methods to run, in the grammar of `turbo_diffusion.harness.methods` (``"turbo@0.5:alpha=2"``,
+            ``"todo@0.7"``...; the baseline is added). `flag_methods` spells the command line's older flags so.
         dtype: ``auto`` (float16 on CUDA, else float32), ``float32``, ``float16`` or ``bfloat16``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         repeats: timed calls per variant and measure; more makes the minima more reliable and the run longer.
@@ -62,10 +61,7 @@ class BenchSpec:
     model: str = "sd15-arch"
     sizes: tuple[tuple[int, int], ...] = ((512, 512),)
     batches: tuple[int, ...] = (1,)
-    ratios: tuple[float, ...] = (0.5,)
-    turbo: tuple[str, ...] = ()
-    variants: tuple[str, ...] = FAMILIES
-    todo_mode: str = "nearest"
+    methods: tuple[str, ...] = ("turbo@0.5",)
     dtype: str = "float32"
     device: str = "cpu"
     repeats: int = 3
@@ -75,53 +71,44 @@ class BenchSpec:
     guidance_scale: float = 7.5
     seed: int = 0
     profile: bool = True
-    methods: tuple[str, ...] = ()
     compile: str | None = None
     compile_scope: str = "unet"
     compile_mode: str | None = None
     attention: str = "sdpa"
 
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """The ratios the methods run at, in their order (the axis of the speed-up plot)."""
+        return tuple(dict.fromkeys(m.ratio for m in parse_methods(self.methods) if m.ratio is not None))
+
     def validate(self) -> BenchSpec:
-        """Raise ``ValueError`` (one line) for the first bad value; return ``self``. The device is checked when
+        """Raise `UsageError` (one line) for the first bad value; return ``self``. The device is checked when
         the run starts (that needs torch)."""
         check_model_name(self.model)
         for height, width in self.sizes:
             if height < 8 or width < 8 or height % 8 or width % 8:
-                raise ValueError(f"image size {height}x{width}: height and width must be positive multiples of 8 "
+                raise UsageError(f"image size {height}x{width}: height and width must be positive multiples of 8 "
                                  "(latent = pixels / 8)")
         _check_all("batch", self.batches, lambda b: isinstance(b, int) and b >= 1, "an integer >= 1")
-        _check_all("ratio", self.ratios, lambda r: isinstance(r, float | int) and 0 < r < 1, "a number in (0, 1)")
-        unknown = sorted(set(self.variants) - set(FAMILIES))
-        if unknown:
-            raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
-        if self.turbo and "turbo" not in self.variants:
-            raise ValueError("extra Turbo settings given but the turbo variant is not selected")
-        for setting in self.turbo:
-            parse_turbo_setting(setting)
-        if self.methods:
-            if self.turbo or self.ratios != (0.5,) or set(self.variants) != set(FAMILIES):
-                raise ValueError("give either methods or ratios/variants/Turbo settings, not both")
-            parse_methods(self.methods)
-        if self.todo_mode not in TODO_MODES:
-            raise ValueError(f"todo mode must be one of {', '.join(TODO_MODES)}, got {self.todo_mode!r}")
+        parse_methods(self.methods)
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         _check_all("repeats", [self.repeats], lambda n: n >= 1, "at least 1")
         _check_all("warmup", [self.warmup], lambda n: n >= 1, "at least 1 (the first warm-up call measures memory)")
         _check_all("steps", [self.steps], lambda n: n >= 0, "0 (UNet steps only) or more")
         _check_all("guidance scale", [self.guidance_scale], lambda g: math.isfinite(g) and g >= 0, "a number >= 0")
         if self.compile is not None and not re.fullmatch(r"[\w.-]+", self.compile):
-            raise ValueError(f"compile backend must be a torch.compile backend name, got {self.compile!r}")
+            raise UsageError(f"compile backend must be a torch.compile backend name, got {self.compile!r}")
         if self.compile_scope not in COMPILE_SCOPES:
-            raise ValueError(f"compile scope must be one of {', '.join(COMPILE_SCOPES)}, got {self.compile_scope!r}")
+            raise UsageError(f"compile scope must be one of {', '.join(COMPILE_SCOPES)}, got {self.compile_scope!r}")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+            raise UsageError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         if self.compile_mode is not None and self.compile is None:
-            raise ValueError(f"compile mode {self.compile_mode!r} needs --compile")
+            raise UsageError(f"compile mode {self.compile_mode!r} needs --compile")
         if self.attention not in ATTENTION_KERNELS:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {self.attention!r}")
+            raise UsageError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {self.attention!r}")
         if self.attention == "xformers" and self.device == "cpu":
-            raise ValueError("attention='xformers' runs on CUDA only; use --device cuda (or auto on a GPU machine)")
+            raise UsageError("attention='xformers' runs on CUDA only; use --device cuda (or auto on a GPU machine)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,51 +116,54 @@ class BenchSpec:
                 for k, v in dataclasses.asdict(self).items()}
 
 
-def parse_turbo_setting(spec: str) -> dict[str, Any]:
-    """``"semantic=none,alpha=0"`` -> ``{"semantic": "none", "alpha": 0}``, checked against `TurboConfig`.
+def flag_methods(
+    ratios: Sequence[float] = (0.5,),
+    turbo: Sequence[str] = (),
+    variants: Sequence[str] = FAMILIES,
+    todo_mode: str = "nearest",
+    tomesd_installed: bool = True,
+) -> tuple[list[str], list[str]]:
+    """The methods the older flags ask for, in bench's order (at each ratio: Turbo, each extra Turbo setting,
+    tomesd, ToDo, the bound), and notes on what was left out (tomesd when it is not installed).
 
-    Values are Python literals (``None``, ``0.5``, ``True``, ``'text'``); a bare word is a string. Field names
-    come from `TurboConfig` itself, so fields added later work unchanged. ``ratio`` is not allowed here: ratios
-    are the benchmark's axis. Raises ``ValueError`` with a one-line message.
+    ``turbo`` settings are ``"field=value,..."`` of `TurboConfig` (``alpha=0`` and ``alpha = 0`` are one); they
+    become ``turbo@R:field=value,...``, which bench labels ``turbo[field=value,...]@R`` as it always has. Raises
+    `UsageError` (one line) for a bad ratio or setting.
     """
-    try:
-        fields = parse_fields(spec)
-    except ValueError as err:
-        raise ValueError(f"Turbo setting {spec!r}: {err}") from None
-    if not fields:
-        raise ValueError(f"Turbo setting {spec!r} is empty")
-    known = {f.name for f in dataclasses.fields(TurboConfig)}
-    unknown = sorted(set(fields) - known)
+    _check_all("ratio", ratios, lambda r: isinstance(r, float | int) and 0 < r < 1, "a number in (0, 1)")
+    unknown = sorted(set(variants) - set(FAMILIES))
     if unknown:
-        raise ValueError(f"Turbo setting {spec!r}: unknown field(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known - {'ratio'}))}")
-    if "ratio" in fields:
-        raise ValueError(f"Turbo setting {spec!r}: set ratios with --ratios, not in a Turbo setting")
-    try:
-        TurboConfig(**fields)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"Turbo setting {spec!r}: {err}") from None
-    return fields
+        raise UsageError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
+    if turbo and "turbo" not in variants:
+        raise UsageError("extra Turbo settings given but the turbo variant is not selected")
+    settings = list(dict.fromkeys(re.sub(r"\s+", "", setting) for setting in turbo))
+    for setting in settings:
+        if not setting:
+            raise UsageError("a --turbo setting is empty")
+        if re.search(r"(^|,)ratio=", setting):
+            raise UsageError(f"Turbo setting {setting!r}: set ratios with --ratios, not in a Turbo setting")
+        parse_method(f"turbo@0.5:{setting}")  # on its own: in a list, a piece without '=' would read as a method
+    notes = []
+    if "tomesd" in variants and not tomesd_installed:
+        notes.append("tomesd is not installed (pip install tomesd): its variant was skipped")
+    per_ratio = {
+        "turbo": lambda r: [f"turbo@{r}"] + [f"turbo@{r}:{setting}" for setting in settings],
+        "tomesd": lambda r: [f"tomesd@{r}"] if tomesd_installed else [],
+        "todo": lambda r: [f"todo-{todo_mode}@{r}"],
+        "bound": lambda r: [f"bound@{r}"],
+    }
+    methods = [m for r in map(ratio_text, ratios) for family in FAMILIES if family in variants
+               for m in per_ratio[family](r)]
+    return methods or ["baseline"], notes
 
 
-def turbo_series(spec: str) -> str:
-    """The label of an extra Turbo setting, e.g. ``"turbo[semantic=none,alpha=0]"`` (spaces removed)."""
-    items = [re.sub(r"\s+", "", item) for item in split_top_level(spec)]
-    return f"turbo[{','.join(items)}]"
-
-
-def command_for(spec: BenchSpec, outputs: Sequence[str] = ()) -> str:
-    """A ``turbo-diffusion bench`` command that repeats ``spec``, every option spelled out (plus ``outputs``)."""
+def command_for(spec: BenchSpec, outputs: Sequence[str] = (), chosen_by: Sequence[str] = ()) -> str:
+    """A ``turbo-diffusion bench`` command that repeats ``spec``, every option spelled out (plus ``outputs``).
+    ``chosen_by``: the options that chose the methods, when not ``--methods`` (the older flags, as given)."""
     sizes = [str(h) if h == w else f"{h}x{w}" for h, w in spec.sizes]
     args = ["turbo-diffusion", "bench", "--model", spec.model, "--sizes", *sizes,
             "--batches", *map(str, spec.batches)]
-    if spec.methods:
-        args += ["--methods", *spec.methods]
-    else:
-        args += ["--ratios", *(f"{r:g}" for r in spec.ratios)]
-        for setting in spec.turbo:
-            args += ["--turbo", setting]
-        args += ["--variants", *spec.variants, "--todo-mode", spec.todo_mode]
+    args += list(chosen_by) or ["--methods", *spec.methods]
     args += ["--dtype", spec.dtype, "--device", spec.device, "--repeats", str(spec.repeats), "--warmup",
              str(spec.warmup), "--steps", str(spec.steps)]
     if spec.steps:
@@ -195,4 +185,4 @@ def command_for(spec: BenchSpec, outputs: Sequence[str] = ()) -> str:
 def _check_all(what: str, values: Any, ok: Callable[[Any], bool], allowed: str) -> None:
     for value in values:
         if isinstance(value, bool) or not ok(value):
-            raise ValueError(f"{what} must be {allowed}, got {value!r}")
+            raise UsageError(f"{what} must be {allowed}, got {value!r}")

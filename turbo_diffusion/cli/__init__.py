@@ -3,7 +3,7 @@
 Each subcommand module exposes ``add_parser(subparsers)``, which registers its arguments and sets ``func=run``.
 Arguments are parsed and checked before torch, diffusers or transformers are imported, so ``--help`` and bad
 arguments answer at once. Every error ends the command in one line: exit code 2 for bad arguments and for runs
-that cannot go as asked (`turbo_diffusion.harness.errors.HarnessError`), 1 when a result had to be saved
+that cannot go as asked (one family: `turbo_diffusion.errors.UsageError`), 1 when a result had to be saved
 somewhere else than asked (the line says where).
 """
 
@@ -54,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from ..harness.errors import HarnessError, SavedElsewhere
+    from ..errors import SavedElsewhere
 
     try:
         return int(args.func(args) or 0)
     except SavedElsewhere as err:
         print(f"turbo-diffusion {args.command}: {err}", file=sys.stderr)
         return 1
-    except (UsageError, HarnessError) as err:
+    except UsageError as err:
         parser.exit(2, f"turbo-diffusion {args.command}: error: {' '.join(str(err).split())}\n")
     except KeyboardInterrupt:
         # On a line of its own (a progress bar may be half drawn), with what was kept and how to go on.

@@ -24,6 +24,7 @@ from ..bench.spec import (
     FAMILIES,
     BenchSpec,
     command_for,
+    flag_methods,
 )
 from ..harness.methods import SYNTAX, TODO_MODES
 from ..harness.output import check_writable
@@ -95,26 +96,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args)
+    spec, chosen_by, notes = spec_from_args(args)
     outputs = _check_outputs(args)
     stage("bench", "importing torch, diffusers and transformers")
     from tqdm.auto import tqdm
 
     from ..bench.report import format_report, plot, write_json
-    from ..bench.run import environment, plan_variants, planned_calls, run_bench
+    from ..bench.run import environment, planned_calls, run_bench
 
     stage("bench", loading_message(spec.model) + "; then every variant is primed, warmed up and timed")
 
-    planned, _ = plan_variants(spec)
-    command = command_for(spec, outputs)
-    with tqdm(total=planned_calls(spec, planned), desc="bench", unit="call", file=sys.stderr,
+    command = command_for(spec, outputs, chosen_by)
+    with tqdm(total=planned_calls(spec), desc="bench", unit="call", file=sys.stderr,
               disable=args.no_progress, dynamic_ncols=True) as bar:
 
         def progress(message: str) -> None:
             bar.set_postfix_str(message, refresh=False)
             bar.update()
 
-        result = run_bench(spec, progress, lambda s, random: environment(s, random, command=command))
+        result = run_bench(spec, progress, lambda s, random: environment(s, random, command=command), notes=notes)
     print(format_report(result))
     if args.json:
         write_json(result, args.json)
@@ -130,23 +130,26 @@ def interrupted(args: argparse.Namespace) -> str:
     return "nothing was written (the report and --json are written when every variant is timed)"
 
 
-def spec_from_args(args: argparse.Namespace) -> BenchSpec:
-    """The `BenchSpec` the arguments ask for; a bad value is a one-line `UsageError`."""
-    spec = BenchSpec(
-        model=args.model, sizes=tuple(parse_size(s) for s in args.sizes), batches=tuple(args.batches),
-        ratios=tuple(args.ratios or (0.5,)), turbo=tuple(args.turbo),
-        variants=tuple(dict.fromkeys(args.variants or FAMILIES)), todo_mode=args.todo_mode, dtype=args.dtype,
-        device=args.device, repeats=args.repeats, warmup=args.warmup, steps=args.steps, prompt=args.prompt,
-        guidance_scale=args.guidance_scale, seed=args.seed, profile=not args.no_profile,
-        methods=tuple(args.methods), compile=args.compile,
-        compile_scope=args.compile_scope, compile_mode=args.compile_mode, attention=args.attention,
-    )
+def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, list[str], list[str]]:
+    """The `BenchSpec` the arguments ask for, the options that chose its methods when they are the older flags
+    (for the command that repeats the run), and notes on what was left out. A bad value is a `UsageError`."""
     if args.methods and (args.ratios or args.variants or args.turbo):
         raise UsageError("give either --methods or --ratios/--variants/--turbo, not both")
-    try:
-        return spec.validate()
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    methods, chosen_by, notes = args.methods, [], []
+    if not methods:  # the older flags, spelled as methods here and nowhere else
+        ratios, variants = args.ratios or [0.5], list(dict.fromkeys(args.variants or FAMILIES))
+        methods, notes = flag_methods(ratios, args.turbo, variants, args.todo_mode,
+                                      tomesd_installed=importlib.util.find_spec("tomesd") is not None)
+        chosen_by = ["--ratios", *(f"{r:g}" for r in ratios), *(x for t in args.turbo for x in ("--turbo", t)),
+                     "--variants", *variants, "--todo-mode", args.todo_mode]
+    spec = BenchSpec(
+        model=args.model, sizes=tuple(parse_size(s) for s in args.sizes), batches=tuple(args.batches),
+        methods=tuple(methods), dtype=args.dtype, device=args.device, repeats=args.repeats, warmup=args.warmup,
+        steps=args.steps, prompt=args.prompt, guidance_scale=args.guidance_scale, seed=args.seed,
+        profile=not args.no_profile, compile=args.compile, compile_scope=args.compile_scope,
+        compile_mode=args.compile_mode, attention=args.attention,
+    )
+    return spec.validate(), chosen_by, notes
 
 
 def parse_size(text: str) -> tuple[int, int]:

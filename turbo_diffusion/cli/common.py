@@ -10,14 +10,13 @@ import re
 import sys
 from collections.abc import Iterator
 
+from ..errors import UsageError  # noqa: F401 (the subcommands' one error)
 from ..harness.loading import DTYPES, about, loading_message  # noqa: F401 (the subcommands' stage messages)
 from ..model_names import RANDOM_WEIGHT_MODELS, TRAINED_MODELS
 
 OUTPUTS = "outputs"  # default folder of every file a command writes (covered by .gitignore)
 
 
-class UsageError(Exception):
-    """A bad argument found after parsing (e.g. a ratio out of range): one line, exit code 2."""
 
 
 def add_model(parser: argparse.ArgumentParser, default: str | None, default_help: str | None = None) -> None:

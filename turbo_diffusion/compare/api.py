@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from ..errors import SavedElsewhere
 from ..harness.environment import environment, invoked_command
-from ..harness.errors import SavedElsewhere
 from ..harness.loading import load_model, loading_message, resolve_device
 from ..harness.measure import noisy_advice
 from ..harness.output import check_writable, fallback_path
@@ -117,7 +117,7 @@ def compare(
         ``accelerate launch``.
 
     Raises:
-        turbo_diffusion.harness.errors.HarnessError: bad settings, an occupied or unwritable folder, a model that
+        turbo_diffusion.errors.UsageError: bad settings, an occupied or unwritable folder, a model that
             cannot be loaded (one-line message), before any image is generated.
     """
     device = pipeline.device if pipeline is not None else (

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from PIL import Image, PngImagePlugin
 
+from ..anatomy import attention_level
 from ..harness.loading import about
 from ..harness.measure import (
     busy_warning,
@@ -44,7 +45,7 @@ from ..harness.measure import (
 from ..harness.memory import MIB, peak_memory
 from ..harness.methods import Method
 from ..harness.output import write_json
-from ..harness.processors import attention_level, level_grid
+from ..levels import pixel_grid
 from .results import ImageRecord
 from .spec import GROWABLE, CompareError, CompareSpec, image_key
 
@@ -155,7 +156,7 @@ def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequen
 
     pipe.set_progress_bar_config(disable=True)
     device = _device_of(pipe)
-    grid = level_grid(*generation_size(pipe, spec), attention_level(pipe.unet))
+    grid = pixel_grid(*generation_size(pipe, spec), attention_level(pipe.unet))
     say = log or (lambda _: None)
     warm_steps = min(2, spec.steps)
     timed_methods = {m.label: m.at_grid(grid) for *_, methods in todo for m in methods}

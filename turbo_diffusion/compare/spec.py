@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..harness.errors import HarnessError
+from ..errors import UsageError
 from ..harness.loading import DTYPES
 from ..harness.methods import Method, parse_methods
 from ..model_names import defaults_for
@@ -21,7 +21,7 @@ OPTIONAL_METRICS = ("lpips", "clip_score", "fid")  # PSNR and SSIM always run
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 
 
-class CompareError(HarnessError):
+class CompareError(UsageError):
     """A comparison that cannot run as asked (bad settings, or a folder holding another configuration)."""
 
 

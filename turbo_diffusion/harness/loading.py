@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import HarnessError, ModelLoadError
+from ..errors import ModelLoadError, UsageError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Seconds to build each built-in model on the 2-core CPU this was developed on (imports not included).
@@ -35,7 +35,7 @@ def about(seconds: float) -> str:
 
 def resolve_device(name: str) -> Any:
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a `torch.device`;
-    `HarnessError` for anything else or for CUDA on a machine without it."""
+    `UsageError` for anything else or for CUDA on a machine without it."""
     import torch
 
     if name == "auto":
@@ -43,21 +43,21 @@ def resolve_device(name: str) -> Any:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise HarnessError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+        raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise HarnessError(f"device {name!r} asked for, but CUDA is not available in this torch build/machine")
+            raise UsageError(f"device {name!r} asked for, but CUDA is not available in this torch build/machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise HarnessError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
-        raise HarnessError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     return device
 
 
 def resolve_dtype(name: str, device: Any) -> str:
     """``"auto"`` is float16 on CUDA and float32 elsewhere; other names of ``DTYPES`` are kept."""
     if name not in DTYPES:
-        raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+        raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
     if name == "auto":
         return "float16" if device.type == "cuda" else "float32"
     return name

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TurboConfig, parse_fields, split_top_level
+from ..errors import MethodError
 from .environment import package_version
 
 KINDS = ("baseline", "turbo", "tome", "todo", "bound")
-TODO_MODES = ("nearest", "avg")
+TODO_MODES = ("nearest", "avg")  # ToDo's pools, as `processors` implements them
 SYNTAX = "baseline, turbo@R[:field=value,...], tome@R[:field=value,...], todo@R[:mode=nearest|avg] or bound@R"
 
 # Old spelling -> (kind, settings it implies).
@@ -51,10 +52,6 @@ _GRAMMAR = re.compile(r"(?P<name>[a-z][a-z-]*)(?:\[(?P<bracket>.*)\])?(?:@(?P<ra
                       re.DOTALL)
 # Processors saved by `install`, per UNet, for `uninstall` (todo and bound swap processors).
 _SAVED: weakref.WeakKeyDictionary[Any, list[dict[str, Any]]] = weakref.WeakKeyDictionary()
-
-
-class MethodError(ValueError):
-    """A method string that cannot be used; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ class Method:
         return re.sub(r"[^A-Za-z0-9.=-]+", "_", self.label.replace("@", "-")).strip("_")
 
     def at_grid(self, grid: tuple[int, int]) -> Method:
-        """This method bound to the token grid where ``todo`` and ``bound`` act (see `processors.level_grid`)."""
+        """This method bound to the token grid where ``todo`` and ``bound`` act (`levels.pixel_grid` gives it)."""
         return dataclasses.replace(self, grid=(int(grid[0]), int(grid[1])))
 
     def with_defaults(self, **settings: Any) -> Method:
@@ -125,13 +122,14 @@ class Method:
             import tomesd
             import torch
 
-            from .processors import find_unet
+            from ..anatomy import find_unet
 
             tomesd.apply_patch(model, ratio=self.ratio, **self.options)
             unet = find_unet(model)  # tomesd keeps its state on the UNet it patched
             unet._tome_info["args"]["generator"] = torch.Generator(unet.device).manual_seed(TOMESD_SEED)
         elif self.kind in ("todo", "bound"):
-            from .processors import find_unet, kernel_of
+            from ..anatomy import find_unet
+            from ..kernels import kernel_of
 
             unet = find_unet(model)
             saved = unet.attn_processors
@@ -150,7 +148,7 @@ class Method:
 
             tomesd.remove_patch(model)
         elif self.kind in ("todo", "bound"):
-            from .processors import find_unet
+            from ..anatomy import find_unet
 
             unet = find_unet(model)
             unet.set_attn_processor(_SAVED[unet].pop())
@@ -197,16 +195,19 @@ BASELINE = Method("baseline", "baseline")
 
 
 def make_method(kind: str, ratio: float | None = None, **fields: Any) -> Method:
-    """The method of ``kind`` at ``ratio`` with ``fields``, checked as if written out: ``make_method("turbo", 0.5,
-    alpha=2)`` is ``parse_method("turbo@0.5:alpha=2")``."""
-    text = kind if ratio is None else f"{kind}@{_number(ratio)}"
+    """The method of ``kind`` (one of ``KINDS``) at ``ratio`` with ``fields``, checked as `parse_method` checks
+    text and labelled as it would be written: ``make_method("turbo", 0.5, alpha=2)`` is ``turbo@0.5:alpha=2``."""
+    label = kind if ratio is None else f"{kind}@{ratio_text(ratio)}"
     if fields:
-        text += ":" + ",".join(f"{k}={v if isinstance(v, str) and v.isidentifier() else repr(v)}"
-                               for k, v in fields.items())
-    return parse_method(text)
+        label += ":" + ",".join(f"{k}={v if isinstance(v, str) and v.isidentifier() else repr(v)}"
+                                for k, v in fields.items())
+    if kind not in KINDS:
+        raise MethodError(f"unknown method {label!r}: use {SYNTAX}")
+    return _checked(label, kind, ratio, fields)
 
 
-def _number(value: float) -> str:
+def ratio_text(value: float) -> str:
+    """``0.5`` -> ``"0.5"``; the shortest text that reads back as the same number."""
     short = format(value, "g")
     return short if float(short) == value else repr(float(value))
 
@@ -223,23 +224,28 @@ def parse_method(text: str) -> Method:
         if name in fields and fields[name] != value:
             raise MethodError(f"{text!r}: {name} given twice")
         fields[name] = value
-    if kind == "baseline":
-        if match["ratio"] is not None or fields:
-            raise MethodError(f"{text!r}: the baseline takes no ratio and no settings")
-        return Method(label, "baseline")
-    if match["ratio"] is None:
-        raise MethodError(f"{text!r}: give the share of tokens removed after '@', e.g. {kind}@0.5")
     try:
-        ratio = float(match["ratio"])
+        ratio = None if match["ratio"] is None else float(match["ratio"])
     except ValueError:
         raise MethodError(f"{text!r}: the ratio after '@' must be a number, got {match['ratio']!r}") from None
+    return _checked(text, kind, ratio, fields, label)
+
+
+def _checked(text: str, kind: str, ratio: float | None, fields: dict[str, Any], label: str = "") -> Method:
+    """The method, once its ratio and settings are known to fit ``kind``; ``text`` names it in errors."""
+    if kind == "baseline":
+        if ratio is not None or fields:
+            raise MethodError(f"{text!r}: the baseline takes no ratio and no settings")
+        return Method(label or text, "baseline")
+    if ratio is None:
+        raise MethodError(f"{text!r}: give the share of tokens removed after '@', e.g. {kind}@0.5")
     low_open = kind == "todo"  # ToDo removes some key/value tokens or it is not ToDo
     if not ((0 < ratio) if low_open else (0 <= ratio)) or not ratio < 1:
         raise MethodError(f"{text!r}: ratio must be a number in {'(0' if low_open else '[0'}, 1), got {ratio:g}")
     if "ratio" in fields:
         raise MethodError(f"{text!r}: give the ratio after '@' only")
     _check_fields(text, kind, ratio, fields)
-    return Method(label, kind, ratio, tuple(sorted(fields.items())))
+    return Method(label or text, kind, float(ratio), tuple(sorted(fields.items())))
 
 
 def parse_methods(spec: str | Sequence[str]) -> list[Method]:

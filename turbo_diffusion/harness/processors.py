@@ -1,8 +1,9 @@
-"""Where methods act, and the two processors that exist to be measured: ToDo-style downsampling and the bound.
+"""The two processors that exist to be measured: ToDo-style downsampling and the zero-overhead bound.
 
 Every method but the baseline acts at one *attention level*: the highest-resolution latent level that has
-transformer blocks (1x on SD 1.x/2.x, 2x on SDXL), see `attention_level`. tomesd is the exception, kept at its
-own defaults (``max_downsample=1``), which on SDXL merge nothing: that is part of what the benchmark shows.
+transformer blocks (1x on SD 1.x/2.x, 2x on SDXL), see `turbo_diffusion.anatomy.attention_level`. tomesd is the
+exception, kept at its own defaults (``max_downsample=1``), which on SDXL merge nothing: that is part of what the
+benchmark shows.
 """
 
 from __future__ import annotations
@@ -12,50 +13,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0, XFormersAttnProcessor
+from diffusers.models.attention_processor import Attention
 
-from .methods import TODO_MODES
+from ..kernels import default_processor
 
-
-def find_unet(model: Any) -> UNet2DConditionModel:
-    """The `UNet2DConditionModel` of a pipeline (or the model itself); ``TypeError`` for anything else."""
-    unet = model if isinstance(model, UNet2DConditionModel) else getattr(model, "unet", None)
-    if not isinstance(unet, UNet2DConditionModel):
-        raise TypeError(f"{type(model).__name__} has no UNet2DConditionModel (SD 1.x/2.x/SDXL) to accelerate")
-    return unet
-
-
-def attention_level(unet: UNet2DConditionModel) -> int:
-    """Latent downsampling factor of the highest-resolution level with transformer blocks (1 on SD 1.x/2.x, 2 on
-    SDXL): where Turbo (by default), ToDo and the bound act. Down block ``i`` runs at ``2**i``."""
-    factors = [2**i for i, block in enumerate(unet.down_blocks) if getattr(block, "attentions", None)]
-    if not factors and getattr(unet.mid_block, "attentions", None):
-        factors = [2 ** (len(unet.down_blocks) - 1)]
-    if not factors:
-        raise TypeError("this UNet has no transformer blocks: there is no attention to accelerate")
-    return factors[0]
-
-
-def level_grid(height: int, width: int, level: int) -> tuple[int, int]:
-    """Token grid ``(rows, cols)`` of latent level ``level`` for an image of ``height x width`` pixels (latent =
-    pixels / 8; each level halves it, rounding up as the UNet's stride-2 convolutions do)."""
-    rows, cols = height // 8, width // 8
-    return -(-rows // level), -(-cols // level)
-
-
-def default_processor(kernel: str = "sdpa") -> AttnProcessor2_0 | XFormersAttnProcessor:
-    """diffusers' processor of ``kernel`` (``"sdpa"`` or ``"xformers"``): what the baseline runs, and what ToDo and
-    the bound run inside so that they are timed on the baseline's kernel."""
-    if kernel not in ("sdpa", "xformers"):
-        raise ValueError(f"kernel must be 'sdpa' or 'xformers', got {kernel!r}")
-    return XFormersAttnProcessor() if kernel == "xformers" else AttnProcessor2_0()
-
-
-def kernel_of(processors: dict[str, Any]) -> str:
-    """``"xformers"`` when any of ``processors`` (a UNet's ``attn_processors``) is diffusers' xformers one, else
-    ``"sdpa"``."""
-    return "xformers" if any(isinstance(p, XFormersAttnProcessor) for p in processors.values()) else "sdpa"
+# ToDo's ways of downsampling a (B, C, h, w) grid to a size (the grammar's `methods.TODO_MODES`).
+_POOLS = {
+    "nearest": lambda image, size: F.interpolate(image, size=size, mode="nearest-exact"),
+    "avg": F.adaptive_avg_pool2d,
+}
 
 
 class ZeroOverheadBoundProcessor:
@@ -96,12 +62,12 @@ class TokenDownsamplingProcessor:
         ratio: share of key/value tokens removed, in ``(0, 1)``. Higher is faster and coarser.
         grid: ``(rows, cols)`` of the level it acts at; other layers and cross-attention run unchanged.
         mode: ``"nearest"`` or ``"avg"``.
-        kernel: the attention kernel inside, ``"sdpa"`` or ``"xformers"`` (see `default_processor`).
+        kernel: the attention kernel inside, ``"sdpa"`` or ``"xformers"`` (`turbo_diffusion.kernels.default_processor`).
     """
 
     def __init__(self, ratio: float, grid: tuple[int, int], mode: str = "nearest", kernel: str = "sdpa") -> None:
-        if mode not in TODO_MODES:
-            raise ValueError(f"mode must be one of {', '.join(TODO_MODES)}, got {mode!r}")
+        if mode not in _POOLS:
+            raise ValueError(f"mode must be one of {', '.join(_POOLS)}, got {mode!r}")
         if not 0 < ratio < 1:
             raise ValueError(f"ratio must be in (0, 1), got {ratio!r}")
         self.ratio, self.grid, self.mode = ratio, grid, mode
@@ -113,10 +79,7 @@ class TokenDownsamplingProcessor:
         """``(B, rows*cols, C)`` tokens -> ``(B, kv_rows*kv_cols, C)`` tokens of the downsampled grid."""
         batch, _, channels = hidden_states.shape
         image = hidden_states.transpose(1, 2).reshape(batch, channels, *self.grid)
-        if self.mode == "avg":
-            small = F.adaptive_avg_pool2d(image, self.kv_grid)
-        else:
-            small = F.interpolate(image, size=self.kv_grid, mode="nearest-exact")
+        small = _POOLS[self.mode](image, self.kv_grid)
         return small.flatten(2).transpose(1, 2)
 
     def __call__(
