@@ -14,7 +14,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-import turbo_diffusion.hooks as hooks_module
+import turbo_diffusion.installation as hooks_module
 from turbo_diffusion import (
     TurboConfig,
     TurboStableDiffusionPipeline,

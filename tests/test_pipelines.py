@@ -30,8 +30,8 @@ from turbo_diffusion import (
     remove_turbo,
     turbo_config_of,
 )
+from turbo_diffusion.coexistence import INSTALLATIONS as _INSTALLATIONS
 from turbo_diffusion.community import pipeline_file
-from turbo_diffusion.hooks import _INSTALLATIONS
 from turbo_diffusion.kernels import xformers_available
 from turbo_diffusion.models import _accepted, load_pipeline, tiny_components
 

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _PIPELINES = ("TurboStableDiffusionPipeline", "TurboStableDiffusionImg2ImgPipeline", "TurboStableDiffusionXLPipeline")
 _EXPORTS = {
-    **dict.fromkeys(["apply_turbo", "remove_turbo", "turbo_config_of"], ".hooks"),
+    **dict.fromkeys(["apply_turbo", "remove_turbo", "turbo_config_of"], ".installation"),
     "TurboProcessor": ".processor",
     "turbo_generation": ".generation",
     **dict.fromkeys(["PlanRecord", "inspect_plans"], ".inspection"),

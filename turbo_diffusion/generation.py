@@ -26,8 +26,10 @@ from typing import Any
 
 import torch
 
+from .anatomy import find_unet
+from .coexistence import settle
 from .context import TurboContext
-from .hooks import find_unet, turbo_contexts
+from .installation import turbo_contexts
 
 
 @contextmanager
@@ -41,6 +43,7 @@ def turbo_generation(model: Any) -> Iterator[None]:
         ValueError: when no Turbo processor is installed on ``model``.
     """
     unet = find_unet(model)
+    settle(unet)  # Turbo comes off first where another call replaced its processors
     contexts = turbo_contexts(unet, needed_by="turbo_generation")
     opened = [(context, context.call().open_generation()) for context in contexts]
     # Bare processors have no UNet hook of their own: the clock of this generation needs one.

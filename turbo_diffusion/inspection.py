@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from diffusers.models.attention_processor import Attention
 
+from .anatomy import find_unet
+from .coexistence import settle
 from .core import MergePlan
-from .hooks import find_unet, turbo_contexts
+from .installation import turbo_contexts
 from .levels import Level
 
 
@@ -100,6 +102,7 @@ def inspect_plans(model: Any) -> Iterator[list[PlanRecord]]:
         ValueError: when no Turbo processor is installed on ``model``.
     """
     unet = find_unet(model)
+    settle(unet)  # Turbo comes off first where another call replaced its processors
     contexts = turbo_contexts(unet, needed_by="inspect_plans")
     names = {module: name for name, module in unet.named_modules() if isinstance(module, Attention)}
     recorder = _Recorder(names)

@@ -33,7 +33,7 @@ from diffusers import (
 )
 
 from .config import TurboConfig, resolve_config
-from .hooks import apply_turbo, remove_turbo, turbo_config_of
+from .installation import apply_turbo, remove_turbo, turbo_config_of
 from .kernels import check_kernel
 from .processor import TurboProcessor
 

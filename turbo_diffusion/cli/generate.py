@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     baseline_out = out.with_name(f"{out.stem}.baseline{out.suffix}")
     # Heavy imports (torch, diffusers, transformers) only once the arguments are known to be good.
     stage("generate", "importing torch, diffusers and transformers")
-    from .. import turbo_config_of
     from ..harness.loading import load_model, resolve_device, resolve_dtype
     from ..harness.measure import (
         busy_warning,
@@ -74,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         timed,
     )
     from ..harness.methods import make_method
+    from ..installation import turbo_config_of
     from ..models import RANDOM_WEIGHTS_NOTE, uses_random_weights
 
     device = resolve_device(args.device)

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .. import inspect_plans
 from ..compare.metrics import psnr, ssim
 from ..config import TurboConfig
 from ..harness.loading import load_model, resolve_device, resolve_dtype
 from ..harness.measure import QUICK_REPEATS, Timing, busy_warning, installed, time_in_turns, timed
 from ..harness.methods import Method, make_method
+from ..inspection import inspect_plans
 from ..models import RANDOM_WEIGHTS_NOTE, uses_random_weights
 from .settings import SWEEP_RATIOS, Settings, check, defaults_for
 from .visuals import PlanMaps, finest_plans

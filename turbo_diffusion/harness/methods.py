@@ -115,7 +115,7 @@ class Method:
     def install(self, model: Any) -> None:
         """Switch ``model`` (a pipeline or a `UNet2DConditionModel`) to this method, in place."""
         if self.kind == "turbo":
-            from .. import apply_turbo
+            from ..installation import apply_turbo
 
             apply_turbo(model, self.turbo_config)
         elif self.kind == "tome":
@@ -140,7 +140,7 @@ class Method:
     def uninstall(self, model: Any) -> None:
         """Put ``model`` back exactly as it was before `install` (the same processor objects)."""
         if self.kind == "turbo":
-            from .. import remove_turbo
+            from ..installation import remove_turbo
 
             remove_turbo(model)
         elif self.kind == "tome":
