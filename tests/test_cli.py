@@ -336,3 +336,26 @@ def test_ctrl_c_says_on_its_own_line_what_was_kept_and_how_to_go_on(tmp_path, mo
     assert main(["compare", "--model", "tiny", "--steps", "1", "--out", str(tmp_path / "c"), "--no-progress"]) == 130
     assert (f"\nturbo-diffusion compare: interrupted: the images made so far are kept in {tmp_path / 'c'}; run the "
             "same command again to resume (it makes only the images it lacks)") in capsys.readouterr().err
+
+
+def test_the_library_needs_no_tool_package_and_the_command_names_its_extra(monkeypatch, capsys):
+    """tqdm and psutil are the [cli] extra: the engine and pipelines import neither; the command says how to get
+    them instead of failing deep inside a run."""
+    import importlib.util
+
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    assert "tqdm" not in core and "psutil" not in core
+    assert {"tqdm>=4.60", "psutil>=5.8"} <= set(project["optional-dependencies"]["cli"])
+    package = Path(__file__).parents[1] / "turbo_diffusion"
+    engine = [*package.glob("*.py"), *package.glob("core/*.py"), *package.glob("archs/*.py")]
+    assert [p.name for p in engine if re.search(r"^\s*(import|from) (tqdm|psutil)", p.read_text(), re.M)] == []
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psutil" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "a cat", "--model", "tiny", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pip install 'turbo-diffusion[cli]'" in err and "psutil" in err

@@ -10,6 +10,7 @@ somewhere else than asked (the line says where).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -19,6 +20,8 @@ from . import bench, compare, demo, generate, train_shapes
 from .common import UsageError, quiet_libraries
 
 __all__ = ["UsageError", "build_parser", "main"]
+
+TOOL_PACKAGES = ("tqdm", "psutil")  # the [cli] extra: the library itself needs neither
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +60,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ..errors import SavedElsewhere
 
     try:
+        missing = [name for name in TOOL_PACKAGES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise UsageError(f"the command line needs {', '.join(missing)}: pip install 'turbo-diffusion[cli]'")
         return int(args.func(args) or 0)
     except SavedElsewhere as err:
         print(f"turbo-diffusion {args.command}: {err}", file=sys.stderr)
