@@ -638,3 +638,14 @@ def test_settings_come_from_the_arguments_then_the_preset_then_the_models_own_de
     assert (quick.steps, quick.guidance, quick.height) == (20, 5.0, 128)
     asked = make_spec("tiny", "shapes-quick", steps=3, guidance=2.0, height=96)
     assert (asked.steps, asked.guidance, asked.height, asked.width) == (3, 2.0, 96, 128)
+
+
+def test_a_model_plugs_its_prompt_set_in_as_a_source_and_compare_knows_no_model():
+    """``--prompts shapes`` is the shapes model's prompt source, named in model_names; compare imports no model."""
+    source = "turbo_diffusion.shapes.scoring:shapes_quick_preset"
+    assert load_prompts(source) == load_prompts("shapes-quick")
+    assert load_prompts(source)[1].seeds == (0,)
+    text = (Path(prompts_module.__file__)).read_text()
+    assert "shapes" not in re.sub(r'""".*?"""', "", text, flags=re.S)  # outside docstrings
+    with pytest.raises(ValueError, match="cannot import it"):
+        load_prompts("tests.nosuch:preset")

@@ -12,6 +12,11 @@ RANDOM_WEIGHT_MODELS = ("tiny", "tiny-xl", "sd15-arch", "sd21-arch", "sdxl-arch"
 RANDOM_WEIGHTS_NOTE = "random weights: the image is noise; only its time and memory mean something"
 TRAINED_MODELS = ("shapes",)  # trained here, shipped in the package (see turbo_diffusion.shapes)
 SHAPES_FOLDER = os.path.join(os.path.dirname(__file__), "shapes", "weights")
+# Prompt sets the built-in models plug into `compare` (``--prompts NAME``), as MODULE:NAME prompt sources.
+PROMPT_SOURCES = {
+    "shapes": "turbo_diffusion.shapes.scoring:shapes_preset",
+    "shapes-quick": "turbo_diffusion.shapes.scoring:shapes_quick_preset",
+}
 
 
 def check_model_name(model: str) -> None:

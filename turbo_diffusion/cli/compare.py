@@ -38,10 +38,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "per prompt, metrics.json/.csv, a speed-vs-quality plot and report.md/.html to --out.",
     )
     add_model(parser, None, default_help=f"{default_model()}, the model trained here")
-    parser.add_argument("--prompts", default=None, metavar="FILE|PRESET",
+    parser.add_argument("--prompts", default=None, metavar="FILE|PRESET|MODULE:NAME",
                         help="a preset (paper: ImageNet-1k classes, 512 px, 50 PLMS steps, guidance 7.5, seeds 0 1; "
                              "smoke: 4 prompts; shapes: 200 scenes for the shapes model, 2 seeds; shapes-quick: 16 of "
-                             "them, 1 seed), a .jsonl file of records {\"prompt\": ..., ...metadata} or a text "
+                             "them, 1 seed), a prompt source MODULE:NAME (a preset, its fields or a callable "
+                             "returning them), a .jsonl file of records {\"prompt\": ..., ...metadata} or a text "
                              "file with one prompt per line (default: shapes-quick for the shapes model, else smoke)")
     parser.add_argument("--seeds", "--seed", nargs="+", default=None, metavar="SEED",
                         help="seeds, e.g. '0 1 2' or '0,1,2' (default: the preset's, else 0)")

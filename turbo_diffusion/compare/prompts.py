@@ -1,19 +1,25 @@
 """Prompt sets for `compare`: lists of prompt records ``{"prompt": text, **metadata}``.
 
-A set comes from a preset (``paper``, ``smoke``), a JSON Lines file (``.jsonl``: one object per line with a
-``"prompt"`` string; every other key is metadata, e.g. ``{"prompt": "a red circle", "scene_seed": 7}``), a text
-file (one prompt per line), or a list of prompts or records. Metadata goes, untouched, to every scorer
+A set comes from a preset (``paper``, ``smoke``, or one a model plugs in: ``shapes``, ``shapes-quick``), a
+prompt source ``MODULE:NAME`` (a `Preset`, a mapping of its fields, or a callable returning either: how the
+built-in models plug theirs in, `turbo_diffusion.model_names.PROMPT_SOURCES`), a JSON Lines file (``.jsonl``: one
+object per line with a ``"prompt"`` string; every other key is metadata, e.g. ``{"prompt": "a red circle",
+"scene_seed": 7}``), a text file (one prompt per line), or a list of prompts or records. Metadata goes, untouched, to every scorer
 (`turbo_diffusion.compare.scoring`). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+
+from ..model_names import PROMPT_SOURCES
 
 PAPER_TEMPLATE = "a photo of a {name}"
 
@@ -54,7 +60,7 @@ def imagenet_class_names() -> list[str]:
 
 
 def presets() -> dict[str, Preset]:
-    """The named prompt sets."""
+    """The named prompt sets: the built-in ones, then those the built-in models plug in."""
     return {
         "paper": Preset(
             "paper",
@@ -64,23 +70,23 @@ def presets() -> dict[str, Preset]:
             steps=50, guidance=7.5, height=512, width=512, seeds=(0, 1), scheduler="pndm",
         ),
         "smoke": Preset("smoke", "four varied prompts for a quick look", SMOKE_PROMPTS),
-        "shapes": Preset(
-            "shapes",
-            "200 held-out scenes of the shapes model (records carry scene_seed for the judge scorer), 128x128, "
-            "20 steps, guidance 5, 2 seeds per scene (400 images)",
-            tuple(_scene_records(200)), steps=20, guidance=5.0, height=128, width=128, seeds=(0, 1),
-        ),
-        "shapes-quick": Preset(
-            "shapes-quick", "the first 16 scenes of the shapes preset, 1 seed: a quick look", tuple(_scene_records(16)),
-            steps=20, guidance=5.0, height=128, width=128, seeds=(0,),
-        ),
+        **{name: plugged_preset(source) for name, source in PROMPT_SOURCES.items()},
     }
 
 
-def _scene_records(count: int) -> list[dict[str, Any]]:
-    from ..shapes.scoring import scene_records  # numpy and Pillow, no torch
-
-    return scene_records(count)
+def plugged_preset(source: str) -> Preset:
+    """The preset a prompt source ``MODULE:NAME`` names (see the module docstring); ``ValueError`` otherwise."""
+    module, _, attribute = source.partition(":")
+    try:
+        value = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--prompts {source}: cannot import it ({err})") from None
+    value = value() if callable(value) and not isinstance(value, Preset) else value
+    if isinstance(value, Mapping):
+        value = Preset(**value)
+    if not isinstance(value, Preset):
+        raise ValueError(f"--prompts {source}: not a preset, a mapping of its fields or a callable returning one")
+    return value
 
 
 def load_prompts(source: str | Sequence[str | Mapping[str, Any]]) -> tuple[list[dict[str, Any]], Preset | None]:
@@ -94,8 +100,12 @@ def load_prompts(source: str | Sequence[str | Mapping[str, Any]]) -> tuple[list[
         records = [_record(prompt, f"preset {source!r}, prompt {i}") for i, prompt in enumerate(preset.prompts)]
     elif os.path.isfile(source):
         records, preset = _read_file(source), None
+    elif re.fullmatch(r"[\w.]+:\w+", source):
+        preset = plugged_preset(source)
+        records = [_record(prompt, f"prompt source {source}, prompt {i}") for i, prompt in enumerate(preset.prompts)]
     else:
-        raise ValueError(f"--prompts {source!r} is neither a preset ({', '.join(presets())}) nor a file")
+        raise ValueError(f"--prompts {source!r} is neither a preset ({', '.join(presets())}), a prompt source "
+                         "(MODULE:NAME) nor a file")
     if not records:
         raise ValueError(f"prompt set {source if isinstance(source, str) else 'given'!r} has no prompts")
     return records, preset

@@ -27,6 +27,21 @@ def scene_records(count: int, seed: int = 0) -> list[dict[str, Any]]:
     return [{"prompt": scene_for_seed(s).prompt, "scene_seed": s} for s in seeds]
 
 
+def shapes_preset(count: int = 200, seeds: tuple[int, ...] = (0, 1), name: str = "shapes",
+                  description: str = "") -> dict[str, Any]:
+    """The ``shapes`` prompt set as `compare` takes a prompt source: held-out scenes at the model's own settings
+    (`turbo_diffusion.model_names.PROMPT_SOURCES` names it)."""
+    return {"name": name, "prompts": tuple(scene_records(count)), "steps": 20, "guidance": 5.0, "height": 128,
+            "width": 128, "seeds": seeds, "description": description or (
+                f"{count} held-out scenes of the shapes model (records carry scene_seed for the judge scorer), "
+                f"128x128, 20 steps, guidance 5, {len(seeds)} seeds per scene ({count * len(seeds)} images)")}
+
+
+def shapes_quick_preset() -> dict[str, Any]:
+    """The first 16 scenes of `shapes_preset`, one seed: a quick look."""
+    return shapes_preset(16, (0,), "shapes-quick", "the first 16 scenes of the shapes preset, 1 seed: a quick look")
+
+
 def judge_scores(image: Any, reference: Any, record: Mapping[str, Any]) -> dict[str, float]:
     """Per image: the share of its objects with the right colour, shape, position and size, whether the number
     of objects is right (0 or 1) and whether the whole prompt is right (0 or 1). Raises ``ValueError`` when the
