@@ -4,8 +4,8 @@ A set comes from a preset (``paper``, ``smoke``, or one a model plugs in: ``shap
 prompt source ``MODULE:NAME`` (a `Preset`, a mapping of its fields, or a callable returning either: how the
 built-in models plug theirs in, `turbo_diffusion.model_names.PROMPT_SOURCES`), a JSON Lines file (``.jsonl``: one
 object per line with a ``"prompt"`` string; every other key is metadata, e.g. ``{"prompt": "a red circle",
-"scene_seed": 7}``), a text file (one prompt per line), or a list of prompts or records. Metadata goes, untouched, to every scorer
-(`turbo_diffusion.compare.scoring`). Nothing here imports torch.
+"scene_seed": 7}``), a text file (one prompt per line), or a list of prompts or records. Metadata goes, untouched,
+to every scorer (`turbo_diffusion.compare.scoring`). Nothing here imports torch.
 """
 
 from __future__ import annotations
