@@ -13,7 +13,7 @@ import sys
 import torch
 
 from turbo_diffusion import TurboProcessor, apply_turbo, remove_turbo
-from turbo_diffusion.compare.metrics import psnr
+from turbo_diffusion.harness.fidelity import psnr
 from turbo_diffusion.models import load_pipeline
 
 PROMPT = "a large red circle at the top left and a small blue square at the bottom right, on a striped gray background"

@@ -21,8 +21,8 @@ def main() -> None:
     from diffusers import StableDiffusionPipeline
 
     from turbo_diffusion import apply_turbo, remove_turbo
-    from turbo_diffusion.compare.metrics import psnr
     from turbo_diffusion.core.plan import MergePlan
+    from turbo_diffusion.harness.fidelity import psnr
     from turbo_diffusion.model_names import SHAPES_FOLDER
     from turbo_diffusion.shapes.evaluate import (
         eval_scenes,

@@ -23,9 +23,9 @@ from turbo_diffusion.cli import main
 from turbo_diffusion.compare import CompareError, MethodError, compare, parse_method, parse_methods, psnr, runner, ssim
 from turbo_diffusion.compare import prompts as prompts_module
 from turbo_diffusion.compare import report as compare_report
-from turbo_diffusion.compare.metrics import gaussian_window
 from turbo_diffusion.compare.prompts import Preset, load_prompts, presets
 from turbo_diffusion.errors import SavedElsewhere
+from turbo_diffusion.harness.fidelity import gaussian_window
 from turbo_diffusion.models import RANDOM_WEIGHTS_NOTE, load_pipeline
 
 SIZE = 64

@@ -129,7 +129,7 @@ def test_shapes_on_cuda_fp16_keeps_the_regression_margin():
     in fp16, and a wrong restore still breaks it."""
     from diffusers import StableDiffusionPipeline
 
-    from turbo_diffusion.compare.metrics import psnr
+    from turbo_diffusion.harness.fidelity import psnr
     from turbo_diffusion.shapes.evaluate import eval_scenes, generate
 
     from .test_quality import MIN_PSNR, STEPS, WRONG_RESTORES, _wrong_restore

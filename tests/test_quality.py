@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from turbo_diffusion import apply_turbo, remove_turbo
-from turbo_diffusion.compare.metrics import psnr
 from turbo_diffusion.core.plan import MergePlan
+from turbo_diffusion.harness.fidelity import psnr
 from turbo_diffusion.model_names import SHAPES_FOLDER
 from turbo_diffusion.shapes.evaluate import eval_scenes, generate, judge_all, prediction_deviation
 from turbo_diffusion.shapes.evaluate import noise_predictions as one_step

@@ -58,9 +58,7 @@ def byte_level_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
 
     Ids: 0-255 symbols, 256-511 symbols ending a word (``"</w>"``), 512 start, 513 end (also padding).
     """
-    symbols = _byte_symbols()
-    vocab = {s: i for i, s in enumerate(symbols)}
-    vocab.update({s + "</w>": i + 256 for i, s in enumerate(symbols)})
+    vocab = byte_level_vocab()
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = 512, 513
     # Through files: transformers 4 takes (vocab_file, merges_file) paths, 5 takes paths or objects.
     with tempfile.TemporaryDirectory() as folder:
@@ -70,6 +68,13 @@ def byte_level_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
         with open(merges_file, "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n")
         return CLIPTokenizer(vocab_file, merges_file, model_max_length=model_max_length)
+
+
+def byte_level_vocab() -> dict[str, int]:
+    """CLIP's vocabulary before merges: the 256 byte-level symbols (ids 0-255), then each ending a word
+    (``"</w>"``, ids 256-511)."""
+    symbols = _byte_symbols()
+    return {s: i for i, s in enumerate(symbols)} | {s + "</w>": i + 256 for i, s in enumerate(symbols)}
 
 
 def _byte_symbols() -> list[str]:

@@ -5,11 +5,12 @@ noise."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
-import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 
+from ..harness.images import generation
 from ..harness.measure import Installable, Progress, Timing, time_interleaved
 
 
@@ -50,18 +51,12 @@ def generation_call(
     pipe: DiffusionPipeline, height: int, width: int, unet_batch: int, steps: int, prompt: str,
     guidance_scale: float = 7.5, seed: int = 0,
 ) -> Callable[[], Any]:
-    """One whole generation: text encoding, ``steps`` denoising steps, VAE decoding to a NumPy array. The latent
-    noise comes from a CPU generator seeded with ``seed`` at every call, so every variant starts from the same
-    noise. The UNet batch is ``unet_batch`` (see `guidance_for_batch`)."""
+    """One whole generation (`turbo_diffusion.harness.images.generation`), decoded to a NumPy array: every method
+    starts from the same noise. The UNet batch is ``unet_batch`` (see `guidance_for_batch`)."""
     images, scale = guidance_for_batch(unet_batch, guidance_scale)
     pipe.set_progress_bar_config(disable=True)
-
-    def call() -> Any:
-        return pipe(prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=scale,
-                    num_images_per_prompt=images, generator=torch.Generator("cpu").manual_seed(seed),
-                    output_type="np")
-
-    return call
+    return partial(generation, pipe, prompt, seed, steps, scale, height, width, images_per_prompt=images,
+                   output_type="np")
 
 
 def time_generations(

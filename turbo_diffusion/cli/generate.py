@@ -83,11 +83,11 @@ def run(args: argparse.Namespace) -> int:
     stage("generate", loading_message(args.model))
     pipe = load_model(args.model, resolve_dtype(args.dtype, device), device)
     turbo, baseline = make_method("turbo", config.ratio, **fields), make_method("baseline")
-    call = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                guidance_scale=args.guidance, height=args.height, width=args.width)
+    settings = dict(seed=args.seed, guidance=args.guidance, height=args.height, width=args.width,
+                    negative_prompt=args.negative_prompt)
 
     def generate(steps: int) -> Any:
-        return _generate(pipe, call | {"num_inference_steps": steps}, args.seed)
+        return _generate(pipe, args.prompt, steps, settings)
 
     # One untimed 2-step generation each way first, so no timed run pays for first-call set-up. They also split a
     # generation's time into its once-per-image work and its steps, which gives the estimate.
@@ -196,33 +196,27 @@ def _check_args(args: argparse.Namespace) -> tuple[TurboConfig, dict[str, Any]]:
     return config, fields
 
 
-def _generate(pipe: Any, call: dict[str, Any], seed: int) -> Any:
-    import torch
+def _generate(pipe: Any, prompt: str, steps: int, settings: dict[str, Any]) -> Any:
+    from ..harness.images import make_image
 
-    return pipe(**call, generator=torch.Generator(device="cpu").manual_seed(seed)).images[0]
+    return make_image(pipe, prompt, steps=steps, **settings)
 
 
 def _save(image: Any, path: Path, args: argparse.Namespace, config: Any, random_weights: bool) -> tuple[Path, bool]:
     """Write ``image`` to ``path``; if that fails now, to a safe place, saying where on stderr. Returns where it
     went and whether that is ``path``."""
-    from PIL.PngImagePlugin import PngInfo
-
+    from ..harness.images import save_image
     from ..harness.output import fallback_path
 
-    info = PngInfo()
-    info.add_text("prompt", args.prompt)
-    info.add_text("model", args.model)
-    info.add_text("seed", str(args.seed))
-    info.add_text("turbo", "off" if config is None else repr(config))
+    text = {"prompt": args.prompt, "model": args.model, "seed": str(args.seed),
+            "turbo": "off" if config is None else repr(config)}
     if random_weights:
-        info.add_text("warning", "random weights: this image is noise")
-    options = {"pnginfo": info} if path.suffix.lower() == ".png" else {}
+        text["warning"] = "random weights: this image is noise"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, **options)
+        save_image(image, path, text)
         return path, True
     except OSError as err:
         safe = fallback_path(path)
-        image.save(safe, **options)
+        save_image(image, safe, text)
         stage("generate", f"could not write {path} ({err.strerror or err}); saved the image to {safe} instead")
         return safe, False

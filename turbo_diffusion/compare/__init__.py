@@ -17,7 +17,8 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(["DEFAULT_METHODS", "Scoring", "compare", "run_compare"], ".api"),
     **dict.fromkeys(["Method", "MethodError", "parse_method", "parse_methods"], "..harness.methods"),
-    **dict.fromkeys(["MetricUnavailable", "psnr", "ssim"], ".metrics"),
+    "MetricUnavailable": ".metrics",
+    **dict.fromkeys(["psnr", "ssim"], "..harness.fidelity"),
     **dict.fromkeys(["CompareResult", "ImageRecord", "MethodSummary"], ".results"),
     "Scorer": ".scoring",
     **dict.fromkeys(["CompareError", "CompareSpec", "OPTIONAL_METRICS", "make_spec"], ".spec"),

@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -29,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from ..anatomy import attention_level
+from ..harness.images import make_image, save_image
 from ..harness.loading import about
 from ..harness.measure import (
     busy_warning,
@@ -211,16 +211,9 @@ def _ordered(records: list[ImageRecord], spec: CompareSpec) -> list[ImageRecord]
 
 
 def _generate_one(pipe: Any, spec: CompareSpec, prompt: str, seed: int, steps: int) -> Image.Image:
-    """The pipeline call itself (a seam for tests that count generations)."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    kwargs: dict[str, Any] = dict(num_inference_steps=steps, guidance_scale=spec.guidance, generator=generator,
-                                  output_type="pil")
-    if spec.height:
-        kwargs["height"] = spec.height
-    if spec.width:
-        kwargs["width"] = spec.width
-    with torch.no_grad():
-        return pipe(prompt, **kwargs).images[0]
+    """One image of the comparison (a seam for tests that count generations)."""
+    return make_image(pipe, prompt, seed=seed, steps=steps, guidance=spec.guidance, height=spec.height or None,
+                      width=spec.width or None)
 
 
 def _device_of(pipe: Any) -> torch.device:
@@ -229,16 +222,9 @@ def _device_of(pipe: Any) -> torch.device:
 
 
 def save_png(image: Image.Image, path: Path, meta: dict[str, Any], random_note: str | None = None) -> None:
-    """Write a PNG atomically (a half-written file is never taken for a finished one), with ``meta`` in a text
-    chunk and, for random-weight models, the note saying so."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text(_PNG_KEY, json.dumps(meta))
-    if random_note:
-        info.add_text("Comment", random_note)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    """Write a PNG atomically (`harness.images.save_image`), with ``meta`` in a text chunk and, for random-weight
+    models, the note saying so."""
+    save_image(image, path, {_PNG_KEY: json.dumps(meta)} | ({"Comment": random_note} if random_note else {}))
 
 
 def read_png_meta(path: Path) -> dict[str, Any] | None:

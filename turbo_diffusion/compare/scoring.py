@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..harness.fidelity import psnr, ssim
 from . import metrics as M
 from .results import CompareResult, ImageRecord
 from .spec import OPTIONAL_METRICS  # noqa: F401 (the compare package exports it from here)
@@ -34,8 +35,8 @@ _RECORD_FIELDS = {"method", "prompt_index", "prompt", "seed", "path", "seconds",
 
 
 def fidelity(image: Image.Image, reference: Image.Image, record: Mapping[str, Any]) -> dict[str, float]:
-    """PSNR (dB, ``inf`` when identical) and SSIM of ``image`` against ``reference`` (`metrics.psnr`, `.ssim`)."""
-    return {"psnr": M.psnr(image, reference), "ssim": M.ssim(image, reference)}
+    """PSNR (dB, ``inf`` when identical) and SSIM of ``image`` against ``reference`` (`harness.fidelity`)."""
+    return {"psnr": psnr(image, reference), "ssim": ssim(image, reference)}
 
 
 def load_scorers(wanted: Sequence[str], clip_model: str, device: torch.device,

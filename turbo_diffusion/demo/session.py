@@ -10,11 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from PIL import Image
 
-from ..compare.metrics import psnr, ssim
 from ..config import TurboConfig
+from ..harness.fidelity import psnr, ssim
+from ..harness.images import make_image
 from ..harness.loading import load_model, resolve_device, resolve_dtype
 from ..harness.measure import QUICK_REPEATS, Timing, busy_warning, installed, time_in_turns, timed
 from ..harness.methods import Method, make_method
@@ -165,20 +165,9 @@ class DemoSession:
 
     def _generate(self, settings: Settings, on_step: Callable[[], None] | None) -> tuple[Image.Image, float]:
         """One image of ``settings`` and its seconds; ``on_step`` is called after every denoising step."""
-
-        def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step()
-            return callback_kwargs
-
-        def call() -> Image.Image:
-            generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-            return self.pipe(settings.prompt, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                             height=settings.size, width=settings.size, generator=generator,
-                             callback_on_step_end=step_end).images[0]
-
-        with torch.inference_mode():
-            return timed(call, self.device)
+        return timed(lambda: make_image(self.pipe, settings.prompt, seed=settings.seed, steps=settings.steps,
+                                        guidance=settings.guidance, height=settings.size, width=settings.size,
+                                        on_step=on_step), self.device)
 
 
 @dataclass

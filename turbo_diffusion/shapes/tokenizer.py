@@ -57,11 +57,9 @@ def write_tokenizer_files(folder: str, config: bool = True) -> None:
     """Write ``vocab.json``, ``merges.txt`` and (with ``config``) the tokenizer config of the scene tokenizer into
     ``folder``. An exported pipeline gets the first two beside the ``tokenizer.json`` that transformers 5 saves:
     transformers 4's ``CLIPTokenizer`` reads only them (without them the shapes model does not load there)."""
-    from ..models import _byte_symbols
+    from ..models import byte_level_vocab
 
-    symbols = _byte_symbols()
-    vocab = {s: i for i, s in enumerate(symbols)}
-    vocab.update({s + "</w>": i + 256 for i, s in enumerate(symbols)})
+    vocab = byte_level_vocab()
     merges = learn_merges(scene_words())
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
