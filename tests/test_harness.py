@@ -239,12 +239,13 @@ def test_quick_runs_are_taken_three_times_in_turns_and_slow_ones_once(monkeypatc
     order: list[str] = []
     told: list[int] = []
     methods = [_Noting("a", order), _Noting("b", order), _Noting("c", order)]
-    timings = measure.time_in_turns(None, methods, lambda: None, torch.device("cpu"), on_repeats=told.append)
+    timings = measure.time_in_turns(None, methods, lambda method: None, torch.device("cpu"), on_repeats=told.append)
     assert told == [3] and all(len(t.seconds) == 3 for t in timings.values())
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # each round starts with another method
     order.clear()
-    assert len(measure.time_in_turns(None, methods, lambda: None, torch.device("cpu"), repeats=2)["a"].seconds) == 2
+    timings = measure.time_in_turns(None, methods, lambda method: None, torch.device("cpu"), repeats=2)
+    assert len(timings["a"].seconds) == 2
     monkeypatch.setattr(measure, "QUICK_RUN", 0.0)  # every run counts as slow: the first round is all
     order.clear()
-    timings = measure.time_in_turns(None, methods, lambda: None, torch.device("cpu"), on_repeats=told.append)
+    timings = measure.time_in_turns(None, methods, lambda method: None, torch.device("cpu"), on_repeats=told.append)
     assert told[-1] == 1 and order == ["a", "b", "c"] and all(len(t.seconds) == 1 for t in timings.values())

@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 from typing import Any
 
 from ..compare.spec import DEFAULT_CLIP_MODEL, DEFAULT_METHODS, OPTIONAL_METRICS, make_spec
+from ..harness.loading import load_plugin
 from ..harness.methods import SYNTAX
 from ..harness.output import check_writable
 from ..model_names import check_model_name, default_model, defaults_for
@@ -97,10 +97,7 @@ def run(args: argparse.Namespace) -> int:
     settings = dict(prompts=args.prompts, seeds=_seeds(args.seeds), methods=args.methods, steps=args.steps,
                     guidance=args.guidance, height=args.height, width=args.width, dtype=args.dtype,
                     max_prompts=args.max_prompts)
-    try:
-        check_model_name(args.model)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    check_model_name(args.model)
     make_spec(args.model, **settings)  # every setting checked before anything heavy is imported
     check_writable(args.out, "--out", folder=True)
     for name in args.scorer:
@@ -125,11 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _import_scorer(name: str) -> Any:
-    module, _, attribute = name.partition(":")
-    try:
-        scorer = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError) as err:
-        raise UsageError(f"--scorer {name}: cannot import it ({err})") from None
+    scorer = load_plugin(name, "--scorer")
     if not callable(scorer):
         raise UsageError(f"--scorer {name}: not callable")
     return scorer

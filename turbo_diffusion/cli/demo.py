@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Every bad argument is a one-line `UsageError`, found before anything heavy is imported."""
-    try:
-        check_model_name(args.model)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    check_model_name(args.model)
     if args.model == "shapes" and not os.path.isfile(os.path.join(SHAPES_FOLDER, "model_index.json")):
         raise UsageError(f"the shapes model's weights are missing from {SHAPES_FOLDER}; use --model tiny, or train "
                          "them with `turbo-diffusion train-shapes --out DIR` and pass --model DIR/pipeline")

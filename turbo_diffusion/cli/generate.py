@@ -63,17 +63,17 @@ def run(args: argparse.Namespace) -> int:
     stage("generate", "importing torch, diffusers and transformers")
     from ..harness.loading import load_model, resolve_device, resolve_dtype
     from ..harness.measure import (
+        Timing,
         busy_warning,
         choose_threads,
         default_repeats,
         generation_cost,
         installed,
         noisy_advice,
-        time_interleaved,
+        take_turns,
         timed,
     )
     from ..harness.methods import make_method
-    from ..installation import turbo_config_of
     from ..models import RANDOM_WEIGHTS_NOTE, uses_random_weights
 
     device = resolve_device(args.device)
@@ -118,18 +118,20 @@ def run(args: argparse.Namespace) -> int:
             image, seconds = timed(lambda: generate(args.steps), device)
         images, timings = {turbo.name: image}, None
     else:
-        images = {}
+        images, timings = {}, {m.name: Timing(m.name) for m in (turbo, baseline)}
 
-        def timed_call() -> None:
-            name = turbo.name if turbo_config_of(pipe) is not None else baseline.name
-            pipe.set_progress_bar_config(desc=name, disable=args.no_progress)
-            images[name] = generate(args.steps)
+        def make(round_: int, method: Any) -> Any:
+            pipe.set_progress_bar_config(desc=method.name, disable=args.no_progress)
+            return generate(args.steps)
 
         # A first full-length run is slower than the next ones on the CPU (allocator, threads): where it is cheap,
         # one untimed round keeps it out of the spread.
         warmup = 1 if one_each < 5 else 0
-        timings = time_interleaved(pipe, [turbo, baseline], timed_call, device, repeats=repeats, warmup=warmup,
-                                   measure_memory=False, prime=False)
+        for round_, method, image, seconds in take_turns(pipe, [[turbo, baseline]] * (warmup + repeats), make,
+                                                         device):
+            images[method.name] = image
+            if round_ >= warmup:
+                timings[method.name].seconds.append(seconds)
         seconds = timings[turbo.name].median
 
     random_weights = uses_random_weights(pipe)

@@ -10,7 +10,6 @@ to every scorer (`turbo_diffusion.compare.scoring`). Nothing here imports torch.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from ..harness.loading import load_plugin
 from ..model_names import PROMPT_SOURCES
 
 PAPER_TEMPLATE = "a photo of a {name}"
@@ -76,11 +76,7 @@ def presets() -> dict[str, Preset]:
 
 def plugged_preset(source: str) -> Preset:
     """The preset a prompt source ``MODULE:NAME`` names (see the module docstring); ``ValueError`` otherwise."""
-    module, _, attribute = source.partition(":")
-    try:
-        value = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"--prompts {source}: cannot import it ({err})") from None
+    value = load_plugin(source, "--prompts")
     value = value() if callable(value) and not isinstance(value, Preset) else value
     if isinstance(value, Mapping):
         value = Preset(**value)

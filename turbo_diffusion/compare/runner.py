@@ -39,8 +39,8 @@ from ..harness.measure import (
     generation_cost,
     installed,
     rotated,
+    take_turns,
     time_interleaved,
-    timed,
 )
 from ..harness.memory import MIB, peak_memory
 from ..harness.methods import Method
@@ -180,20 +180,23 @@ def generate(pipe: Any, spec: CompareSpec, out_dir: Path, prompt_indices: Sequen
         say(busy)
     bar = tqdm(total=images + extra * len(timed_methods), desc=f"compare[{position}]" if position else "compare",
                position=position, disable=not progress, unit="img")
-    for number, (p, s, methods) in enumerate(todo):
-        for method in rotated(methods, number):  # no method always runs first
-            with installed(pipe, timed_methods[method.label]):
-                image, seconds = timed(partial(_generate_one, pipe, spec, spec.texts[p], s, spec.steps), device)
-            if on_first_image is not None:
-                on_first_image()
-                on_first_image = None
-            rel = image_path(spec, method, p, s)
-            meta = {"fingerprint": fingerprint, "key": image_key(configuration, p, s, method.label),
-                    "method": method.label, "prompt_index": p, "seed": s,
-                    "seconds": seconds, "peak_memory_bytes": peaks[method.label], "device": str(device)}
-            save_png(image, out_dir / rel, meta, random_note)
-            records.append(ImageRecord(method.label, p, spec.texts[p], s, rel, seconds, peaks[method.label]))
-            bar.update(1)
+    rounds = [[timed_methods[m.label] for m in methods] for *_, methods in todo]  # no method always runs first
+
+    def make(number: int, method: Method) -> Image.Image:
+        return _generate_one(pipe, spec, spec.texts[todo[number][0]], todo[number][1], spec.steps)
+
+    for number, method, image, seconds in take_turns(pipe, rounds, make, device):
+        p, s = todo[number][:2]
+        if on_first_image is not None:
+            on_first_image()
+            on_first_image = None
+        rel = image_path(spec, method, p, s)
+        meta = {"fingerprint": fingerprint, "key": image_key(configuration, p, s, method.label),
+                "method": method.label, "prompt_index": p, "seed": s,
+                "seconds": seconds, "peak_memory_bytes": peaks[method.label], "device": str(device)}
+        save_png(image, out_dir / rel, meta, random_note)
+        records.append(ImageRecord(method.label, p, spec.texts[p], s, rel, seconds, peaks[method.label]))
+        bar.update(1)
     extra_seconds: dict[str, list[float]] = {}
     if extra:
         timings = time_interleaved(pipe, rotated(list(timed_methods.values()), len(todo)),

@@ -8,7 +8,6 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from PIL import Image
 
@@ -154,36 +153,20 @@ class DemoSession:
         """Each of ``methods`` (by the name the page shows) generating ``settings``, taking turns: the image of
         each (the same at every run: same seed) and its `Timing`."""
         images: dict[str, Image.Image] = {}
-        current: list[str] = []
+        shown = {method.name: name for name, method in methods.items()}
 
-        def call() -> None:
-            images[current[0]], _ = self._generate(settings, report.phase(current[0]))
+        def call(method: Method) -> None:
+            images[shown[method.name]], _ = self._generate(settings, report.phase(shown[method.name]))
 
-        turns = [_Shown(shown, method, current) for shown, method in methods.items()]
-        timings = time_in_turns(self.pipe, turns, call, self.device, self.repeats, on_repeats=report.set_rounds)
-        return images, timings
+        timings = time_in_turns(self.pipe, list(methods.values()), call, self.device, self.repeats,
+                                on_repeats=report.set_rounds)
+        return images, {shown[name]: timing for name, timing in timings.items()}
 
     def _generate(self, settings: Settings, on_step: Callable[[], None] | None) -> tuple[Image.Image, float]:
         """One image of ``settings`` and its seconds; ``on_step`` is called after every denoising step."""
         return timed(lambda: make_image(self.pipe, settings.prompt, seed=settings.seed, steps=settings.steps,
                                         guidance=settings.guidance, height=settings.size, width=settings.size,
                                         on_step=on_step), self.device)
-
-
-@dataclass
-class _Shown:
-    """A method under the name the page shows for it, which notes in ``current`` that it is the one installed."""
-
-    name: str
-    method: Method
-    current: list[str]
-
-    def install(self, model: Any) -> None:
-        self.method.install(model)
-        self.current[:] = [self.name]
-
-    def uninstall(self, model: Any) -> None:
-        self.method.uninstall(model)
 
 
 def _turbo_method(config: TurboConfig) -> Method:

@@ -1,8 +1,10 @@
-"""Loading the model a tool runs on, with one error for every way it can fail (`ModelLoadError`), and the
-``auto`` device and dtype every subcommand understands. Imports torch only when called."""
+"""Loading the model a tool runs on, with one error for every way it can fail (`ModelLoadError`), the
+``auto`` device and dtype every subcommand understands, and plug-ins named ``MODULE:NAME``. Imports torch only
+when called."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
@@ -11,6 +13,16 @@ from ..errors import ModelLoadError, UsageError
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Seconds to build each built-in model on the 2-core CPU this was developed on (imports not included).
 BUILD_SECONDS = {"tiny": 1, "tiny-xl": 1, "sd15-arch": 40, "sd21-arch": 50, "sdxl-arch": 160}
+
+
+def load_plugin(source: str, flag: str) -> Any:
+    """The object a plug-in source ``MODULE:NAME`` names (a `compare` scorer, a prompt source); `UsageError`
+    naming ``flag`` when it cannot be imported."""
+    module, _, attribute = source.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise UsageError(f"{flag} {source}: cannot import it ({err})") from None
 
 
 def loading_message(model: str) -> str:

@@ -14,12 +14,14 @@ its grid, or a custom pair (`turbo_diffusion.bench.Variant`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -147,21 +149,21 @@ def default_repeats(seconds_per_run: float) -> int:
     return QUICK_REPEATS if seconds_per_run < QUICK_RUN else 1
 
 
-def time_in_turns(model: Any, methods: Sequence[Installable], call: Callable[[], Any], device: torch.device,
+def time_in_turns(model: Any, methods: Sequence[Installable], call: Callable[[Any], Any], device: torch.device,
                   repeats: int | None = None, on_repeats: Callable[[int], None] | None = None) -> dict[str, Timing]:
-    """Time ``call()`` with each method installed, the methods taking turns, with no priming or warm-up call (the
-    caller has warmed up): a first round, each method once, which is timed too and says how long a run takes; then
-    rounds in rotating order (`time_interleaved`) up to ``repeats`` in all (``None``: `default_repeats` of the
-    slowest first run). ``on_repeats`` is told the number of rounds once it is known."""
-    timings = time_interleaved(model, methods, call, device, repeats=1, warmup=0, measure_memory=False, prime=False)
+    """Time ``call(method)`` with each method installed, the methods taking turns (`take_turns`), with no priming
+    or warm-up call (the caller has warmed up): a first round, each method once, which is timed too and says how
+    long a run takes; then rounds up to ``repeats`` in all (``None``: `default_repeats` of the slowest first run).
+    ``on_repeats`` is told the number of rounds once it is known."""
+    timings = {m.name: Timing(m.name) for m in methods}
+    turns = take_turns(model, itertools.repeat(list(methods)), lambda _, m: call(m), device)
+    for _, m, _, seconds in itertools.islice(turns, len(methods)):
+        timings[m.name].seconds.append(seconds)
     rounds = repeats or default_repeats(max(t.best for t in timings.values()))
     if on_repeats is not None:
         on_repeats(rounds)
-    if rounds > 1:
-        more = time_interleaved(model, rotated(methods, 1), call, device, repeats=rounds - 1, warmup=0,
-                                measure_memory=False, prime=False)
-        for name, timing in more.items():
-            timings[name].seconds += timing.seconds
+    for _, m, _, seconds in itertools.islice(turns, (rounds - 1) * len(methods)):
+        timings[m.name].seconds.append(seconds)
     return timings
 
 
@@ -315,12 +317,24 @@ def time_interleaved(
                     else:
                         call()
                 report(f"warm-up {m.name}")
-        for rep in range(repeats):
-            for m in rotated(methods, rep):
-                graphs = compile_count() if compiled else 0
-                with installed(model, m):
-                    timings[m.name].seconds.append(timed(call, device)[1])
-                if compiled:
-                    timings[m.name].recompiles = (timings[m.name].recompiles or 0) + (compile_count() > graphs)
-                report(f"repeat {rep + 1}/{repeats} {m.name}")
+        graphs = compile_count() if compiled else 0
+        for rep, m, _, seconds in take_turns(model, [methods] * repeats, lambda rep, m: call(), device):
+            timings[m.name].seconds.append(seconds)
+            if compiled:
+                graphs, before = compile_count(), graphs
+                timings[m.name].recompiles = (timings[m.name].recompiles or 0) + (graphs > before)
+            report(f"repeat {rep + 1}/{repeats} {m.name}")
     return timings
+
+
+def take_turns(model: Any, rounds: Iterable[Sequence[Installable]], call: Callable[[int, Any], Any],
+               device: torch.device) -> Iterator[tuple[int, Any, Any, float]]:
+    """The timed part of the protocol: round ``r`` visits its methods in rotating order (`rotated` by ``r``), each
+    installed around one timed ``call(r, method)``; yields ``(r, method, result, seconds)`` after each call.
+    `time_interleaved` and `time_in_turns` repeat one call so, `generate` keeps the images, `compare` gives each
+    round a prompt and seed of its own. ``rounds`` may be endless: the caller stops taking turns."""
+    for r, methods in enumerate(rounds):
+        for m in rotated(methods, r):
+            with installed(model, m):
+                result, seconds = timed(partial(call, r, m), device)
+            yield r, m, result, seconds
