@@ -483,3 +483,18 @@ def test_bench_json_writes_infinity_as_a_string_as_compare_does(bench_run, tmp_p
     result.rows[0]["step"]["of_bound"] = math.inf
     write_json(result, tmp_path / "run.json")
     assert json.loads((tmp_path / "run.json").read_text())["rows"][0]["step"]["of_bound"] == "inf"
+
+
+def test_a_record_saved_before_methods_reads_back_as_methods(bench_run, tmp_path):
+    """Runs recorded with ratios/turbo/variants/todo_mode in their spec (benchmarks/results) still read, their
+    older flags spelled as methods in the one place that knows them."""
+    _, record, _ = bench_run
+    spec = {k: v for k, v in record["spec"].items() if k != "methods"}
+    spec |= {"ratios": [0.5, 0.7], "turbo": ["semantic=none,alpha=0"], "variants": ["turbo", "bound"],
+             "todo_mode": "nearest"}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(record | {"spec": spec}))
+    result = read_json(path)
+    assert result.spec.methods == ("turbo@0.5", "turbo@0.5:semantic=none,alpha=0", "bound@0.5", "turbo@0.7",
+                                   "turbo@0.7:semantic=none,alpha=0", "bound@0.7")
+    assert result.spec.ratios == (0.5, 0.7) and result.rows == record["rows"]
