@@ -33,7 +33,7 @@ from ..harness.loading import load_model as load_pipeline_model
 from ..harness.loading import resolve_device, resolve_dtype
 from ..harness.measure import NOISY_SPREAD, Progress, Timing, compile_module
 from ..harness.memory import CPU_METHOD, CUDA_METHOD
-from ..harness.methods import Method, parse_methods
+from ..harness.methods import Method
 from ..kernels import check_kernel, default_processor
 from ..levels import pixel_grid
 from ..models import uses_random_weights
@@ -78,7 +78,7 @@ def run_methods(spec: BenchSpec) -> list[Method]:
     """The methods ``spec`` runs, the baseline first. Turbo's attention kernel is pinned to the baseline's (torch
     SDPA unless ``spec.attention`` says xformers), so that a speed-up is not a kernel comparison; a method may
     still ask for another backend."""
-    return [m.with_defaults(backend=spec.attention) if m.kind == "turbo" else m for m in parse_methods(spec.methods)]
+    return [m.with_defaults(backend=spec.attention) if m.kind == "turbo" else m for m in spec.parsed_methods]
 
 
 def series_of(method: Method) -> str:

@@ -8,6 +8,7 @@ them (records saved before ``methods`` was the only field are read through it to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import shlex
@@ -17,7 +18,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..harness.loading import DTYPES
-from ..harness.methods import parse_method, parse_methods, ratio_text
+from ..harness.methods import Method, parse_method, parse_methods, ratio_text
 from ..model_names import check_model_name
 
 FAMILIES = ("turbo", "tomesd", "todo", "bound")  # the families --variants names
@@ -76,10 +77,15 @@ class BenchSpec:
     compile_mode: str | None = None
     attention: str = "sdpa"
 
+    @functools.cached_property
+    def parsed_methods(self) -> list[Method]:
+        """The methods, parsed once, the baseline first; `MethodError` for a bad one."""
+        return parse_methods(self.methods)
+
     @property
     def ratios(self) -> tuple[float, ...]:
         """The ratios the methods run at, in their order (the axis of the speed-up plot)."""
-        return tuple(dict.fromkeys(m.ratio for m in parse_methods(self.methods) if m.ratio is not None))
+        return tuple(dict.fromkeys(m.ratio for m in self.parsed_methods if m.ratio is not None))
 
     def validate(self) -> BenchSpec:
         """Raise `UsageError` (one line) for the first bad value; return ``self``. The device is checked when
@@ -90,7 +96,7 @@ class BenchSpec:
                 raise UsageError(f"image size {height}x{width}: height and width must be positive multiples of 8 "
                                  "(latent = pixels / 8)")
         _check_all("batch", self.batches, lambda b: isinstance(b, int) and b >= 1, "an integer >= 1")
-        parse_methods(self.methods)
+        self.parsed_methods  # noqa: B018 (parsing checks them)
         if self.dtype not in DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         _check_all("repeats", [self.repeats], lambda n: n >= 1, "at least 1")
