@@ -31,7 +31,8 @@ from turbo_diffusion.bench import (
     variant_breakdown,
 )
 from turbo_diffusion.bench.report import format_report, plot, read_json, write_json
-from turbo_diffusion.bench.run import FAMILIES, run_methods
+from turbo_diffusion.bench.run import run_methods
+from turbo_diffusion.bench.spec import FAMILIES
 from turbo_diffusion.bench.timing import generation_call, unet_step_call
 from turbo_diffusion.cli import main
 from turbo_diffusion.harness.methods import BASELINE, Method, parse_method

@@ -38,11 +38,8 @@ from ..kernels import check_kernel, default_processor
 from ..levels import pixel_grid
 from ..models import uses_random_weights
 from .profile import variant_breakdown
-from .spec import BenchSpec, command_for
+from .spec import FAMILIES, BenchSpec, command_for
 from .timing import time_generations, time_variants, unet_step_call
-
-# Bench's name of each kind of method, kept from its first runs so that recorded rows stay comparable.
-FAMILIES = {"baseline": "default", "turbo": "turbo", "tome": "tomesd", "todo": "todo", "bound": "bound"}
 
 METHODS = {
     "speedup": "default processor's minimum seconds / the variant's minimum, over interleaved repeats",

@@ -21,7 +21,7 @@ from ..bench.spec import (
     COMPILE_MODES,
     COMPILE_SCOPES,
     DEFAULT_PROMPT,
-    FAMILIES,
+    VARIANTS,
     BenchSpec,
     command_for,
     flag_methods,
@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     what.add_argument("--turbo", action="append", default=[], metavar="FIELD=VALUE,...",
                       help="an extra Turbo setting of TurboConfig fields, run at every ratio next to the default "
                            "config, e.g. --turbo match_radius=None --turbo semantic=none,alpha=0 (repeatable)")
-    what.add_argument("--variants", nargs="+", choices=FAMILIES, default=None,
+    what.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                       help="variants besides the default processor (default: all; tomesd only when installed)")
     what.add_argument("--todo-mode", choices=TODO_MODES, default="nearest",
                       help="how the ToDo variant downsamples keys/values (default: %(default)s)")
@@ -137,7 +137,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, list[str], list
         raise UsageError("give either --methods or --ratios/--variants/--turbo, not both")
     methods, chosen_by, notes = args.methods, [], []
     if not methods:  # the older flags, spelled as methods here and nowhere else
-        ratios, variants = args.ratios or [0.5], list(dict.fromkeys(args.variants or FAMILIES))
+        ratios, variants = args.ratios or [0.5], list(dict.fromkeys(args.variants or VARIANTS))
         methods, notes = flag_methods(ratios, args.turbo, variants, args.todo_mode,
                                       tomesd_installed=importlib.util.find_spec("tomesd") is not None)
         chosen_by = ["--ratios", *(f"{r:g}" for r in ratios), *(x for t in args.turbo for x in ("--turbo", t)),
