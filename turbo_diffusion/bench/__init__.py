@@ -1,4 +1,4 @@
-"""`turbo-diffusion bench`: variants of one model timed interleaved in one process.
+"""`turbo-diffusion bench`: methods on one model, timed taking turns in one process.
 
 * `spec`: what to measure (`BenchSpec`: methods, sizes, batches..., checked without importing torch), the command
   repeating it, and `flag_methods`, which spells the older flags (``--ratios/--variants/--turbo``) as methods;
