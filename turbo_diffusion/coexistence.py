@@ -30,6 +30,7 @@ from diffusers.models.attention_processor import (
     XFormersAttnProcessor,
 )
 
+from .kernels import default_processor
 from .module_hooks import remove_hook
 from .processor import TurboProcessor
 
@@ -166,7 +167,7 @@ class SetDefaultAttnProcessor:
 def original(processor: Any) -> Any:
     """The processor a Turbo processor stands in for (diffusers' default for a bare one); others unchanged."""
     if isinstance(processor, TurboProcessor):
-        return processor.inner if processor.inner is not None else AttnProcessor2_0()
+        return processor.inner if processor.inner is not None else default_processor()
     return processor
 
 

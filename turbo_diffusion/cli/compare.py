@@ -8,11 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
 from ..compare.spec import DEFAULT_CLIP_MODEL, DEFAULT_METHODS, OPTIONAL_METRICS, make_spec
-from ..harness.loading import load_plugin
+from ..harness.loading import PLUGIN_SOURCE, load_plugin
 from ..harness.methods import SYNTAX
 from ..harness.output import check_writable
 from ..model_names import check_model_name, default_model, defaults_for
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     make_spec(args.model, **settings)  # every setting checked before anything heavy is imported
     check_writable(args.out, "--out", folder=True)
     for name in args.scorer:
-        if not re.fullmatch(r"[\w.]+:\w+", name):
+        if not PLUGIN_SOURCE.fullmatch(name):
             raise UsageError(f"--scorer {name!r}: write MODULE:NAME, e.g. mypackage.scoring:scene_iou")
     stage("compare", "importing torch, diffusers and transformers")
     from ..compare.api import compare

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from ..harness.loading import load_plugin
+from ..harness.loading import PLUGIN_SOURCE, load_plugin
 from ..model_names import PROMPT_SOURCES
 
 PAPER_TEMPLATE = "a photo of a {name}"
@@ -91,16 +90,16 @@ def load_prompts(source: str | Sequence[str | Mapping[str, Any]]) -> tuple[list[
     if not isinstance(source, str):
         records = [_record(item, f"prompt {i}") for i, item in enumerate(source)]
         preset = None
-    elif source in presets():
-        preset = presets()[source]
+    elif source in (named := presets()):
+        preset = named[source]
         records = [_record(prompt, f"preset {source!r}, prompt {i}") for i, prompt in enumerate(preset.prompts)]
     elif os.path.isfile(source):
         records, preset = _read_file(source), None
-    elif re.fullmatch(r"[\w.]+:\w+", source):
+    elif PLUGIN_SOURCE.fullmatch(source):
         preset = plugged_preset(source)
         records = [_record(prompt, f"prompt source {source}, prompt {i}") for i, prompt in enumerate(preset.prompts)]
     else:
-        raise ValueError(f"--prompts {source!r} is neither a preset ({', '.join(presets())}), a prompt source "
+        raise ValueError(f"--prompts {source!r} is neither a preset ({', '.join(named)}), a prompt source "
                          "(MODULE:NAME) nor a file")
     if not records:
         raise ValueError(f"prompt set {source if isinstance(source, str) else 'given'!r} has no prompts")

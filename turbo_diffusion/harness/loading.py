@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from typing import Any
 
 from ..errors import ModelLoadError, UsageError
@@ -13,6 +14,7 @@ from ..errors import ModelLoadError, UsageError
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Seconds to build each built-in model on the 2-core CPU this was developed on (imports not included).
 BUILD_SECONDS = {"tiny": 1, "tiny-xl": 1, "sd15-arch": 40, "sd21-arch": 50, "sdxl-arch": 160}
+PLUGIN_SOURCE = re.compile(r"[\w.]+:\w+")  # MODULE:NAME, as `load_plugin` takes it
 
 
 def load_plugin(source: str, flag: str) -> Any:

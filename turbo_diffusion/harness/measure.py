@@ -9,7 +9,7 @@ methods in rotating order, so drift on a shared machine hits them all alike. The
 least-disturbed run (noise only adds time); ``Timing.spread`` (max / min) says how disturbed the run was.
 
 A method is anything with a ``name`` and ``install(model)`` / ``uninstall(model)``: a `methods.Method` bound to
-its grid, or a custom pair (`turbo_diffusion.bench.Variant`).
+its grid, or anything shaped like one (`Installable`).
 """
 
 from __future__ import annotations
